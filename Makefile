@@ -1,0 +1,28 @@
+# Quick start: `make demo` (trains and plots the embedded default) and `make test` (the test suite).
+# Both create .venv and install what they need when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-full test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sbdiff demo --quick
+
+demo-full: $(STAMP)
+	$(BIN)/sbdiff demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow -s
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,68 @@
+"""Encoders: the forward SDE ``dX = [f + g·z_φ(X, t)] dt + g dW`` from data (t=0) to prior (t=T).
+
+An encoder owns its reference process (``f``, ``g``) and supplies the control ``z_φ`` (DESIGN §2).
+Encoders with linear drift have closed-form Gaussian transitions, which is what makes the
+denoising-score-matching estimator of drift matching simulation-free.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import append_dims, as_time
+from .references import ReferenceSDE
+
+__all__ = ["Encoder", "FixedEncoder"]
+
+
+class Encoder(nn.Module):
+    """Base class: forward drift ``f + g·z`` with ``z = control(x, t)``.
+
+    Parameters
+    ----------
+    reference : ReferenceSDE
+        Supplies ``f`` and ``g``.
+    """
+
+    closed_form: bool = False
+
+    def __init__(self, reference: ReferenceSDE):
+        super().__init__()
+        self.reference = reference
+
+    def control(self, x: Tensor, t: Tensor) -> Tensor:
+        """The control ``z_φ(x, t)``, shape of ``x``."""
+        raise NotImplementedError
+
+    def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Forward drift ``f(x, t) + g(t)·z_φ(x, t)``; ``x`` shape ``(B, ...)``."""
+        t = as_time(t, x)
+        f, g = self.reference.sde(x, t)
+        return f + append_dims(g, x.ndim) * self.control(x, t)
+
+
+class FixedEncoder(Encoder):
+    """``z_φ ≡ 0``: the encoder is the reference itself (score-based models, DESIGN §4.1).
+
+    Its transitions are the reference's, ``q(x_t | x_s) = N(a(s,t) x_s, v(s,t) I)``.
+    """
+
+    closed_form = True
+
+    def control(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def transition(self, x_s: Tensor, s: Tensor | float, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Mean (shape of ``x_s``) and std (shape ``(B,)``) of ``X_t | X_s = x_s``."""
+        return self.reference.transition(x_s, s, t)
+
+    def sample_transition(
+        self, x_s: Tensor, s: Tensor | float, t: Tensor | float, noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw ``X_t | X_s``. Returns ``(x_t, noise, std)`` with ``x_t = mean + std·noise``."""
+        mean, std = self.transition(x_s, s, t)
+        if noise is None:
+            noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
+        return mean + append_dims(std, x_s.ndim) * noise, noise, std

@@ -1,0 +1,76 @@
+"""Shared fixtures: Gaussian data with its exact diffused law, and small helpers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+class GaussianData:
+    """Data ``N(m, S)`` pushed through a scalar-linear reference: ``q_t = N(α_t m, α_t² S + σ_t² I)``."""
+
+    def __init__(self, m, S, reference):
+        self.m = torch.as_tensor(m, dtype=torch.float64)
+        self.S = torch.as_tensor(S, dtype=torch.float64)
+        self.ref = reference
+        self.d = len(self.m)
+
+    def moments(self, t: torch.Tensor):
+        """Mean ``(B, d)`` and covariance ``(B, d, d)`` of ``q_t`` at times ``t`` of shape ``(B,)``."""
+        ones = torch.ones(t.shape[0], self.d, dtype=torch.float64)
+        alpha, std = self.ref.marginal_prob(ones, t)
+        a = alpha[:, 0]
+        cov = a[:, None, None] ** 2 * self.S + (std**2)[:, None, None] * torch.eye(self.d, dtype=torch.float64)
+        return a[:, None] * self.m, cov
+
+    def score(self, x, t):
+        t = t if torch.is_tensor(t) and t.ndim else torch.full((x.shape[0],), float(t), dtype=x.dtype)
+        t = t.double()
+        if bool((t == t[0]).all()):  # one time for the whole batch (samplers): one solve
+            mean, cov = self.moments(t[:1])
+            return (-torch.linalg.solve(cov[0], (x.double() - mean).T).T).to(x.dtype)
+        mean, cov = self.moments(t)
+        sol = torch.linalg.solve(cov, (x.double() - mean).unsqueeze(-1)).squeeze(-1)
+        return (-sol).to(x.dtype)
+
+    def log_prob(self, x):
+        dist = torch.distributions.MultivariateNormal(self.m, self.S)
+        return dist.log_prob(torch.as_tensor(x, dtype=torch.float64))
+
+    def sample(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        L = torch.linalg.cholesky(self.S)
+        return self.m + torch.randn(n, self.d, generator=g, dtype=torch.float64) @ L.T
+
+
+@pytest.fixture
+def gauss2d():
+    from sbdiff.references import VP
+
+    return GaussianData([1.0, -2.0], [[2.0, 1.2], [1.2, 1.0]], VP())
+
+
+def exact_model(gdata, t_min=1e-3):
+    """A float64 PathVAE whose decoder uses the exact score of ``gdata`` (no network)."""
+    from sbdiff.decoders import ScoreDecoder
+    from sbdiff.encoders import FixedEncoder
+    from sbdiff.model import PathVAE
+
+    ref = gdata.ref
+    dec = ScoreDecoder(ref, gdata.score, parametrization="score")
+    return PathVAE(FixedEncoder(ref), dec, gdata.d, t_min).double()
+
+
+def stderr(x) -> float:
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return float(x.std() / math.sqrt(x.numel()))
+
+
+def write_array(path, arr):
+    np.save(path, np.asarray(arr))
+    return str(path)
