@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-full test test-slow bench clean
+.PHONY: demo demo-full test acceptance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo-full: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow -s
+acceptance: $(STAMP)
+	$(BIN)/python benchmarks/sgm_acceptance.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -114,12 +114,12 @@ def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> n
     from .plots import plot_samples, plot_trajectories
 
     model = result.model
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
     data = load_data(cfg.data.data, min(cfg.data.n_samples, 5000), cfg.seed + 1)
-    samples = model.sample(n_plot, nfe=cfg.sample.nfe, generator=gen, progress=progress).numpy()
+    samples = model.sample(n_plot, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu().numpy()
     plot_samples(samples, data[:n_plot], result.run_dir / "samples.png", f"{cfg.method} on {cfg.data.data}")
     traj = model.decode(model.sample_prior(200, generator=gen), nfe=100, ode=True, trajectory=True,
-                        solver=cfg.sample.ode_solver).numpy()
+                        solver=cfg.sample.ode_solver).cpu().numpy()
     plot_trajectories(traj, result.run_dir / "trajectories.png", "probability-flow ODE paths")
     return samples
 
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="likelihoods (nll, nelbo) and sample metrics of a run")
     e.add_argument("run", help="run directory")
-    e.add_argument("--data", help="data to score (default: a fresh draw of the run's data)")
+    e.add_argument("--data", help="data to score (default: the run's data; a fresh draw for built-in sets)")
     e.add_argument("--json", help="write the results to this JSON file")
     e.add_argument("--n", type=_positive_int, default=1000, help="points for nll/nelbo (default 1000)")
     e.add_argument("--samples", type=_positive_int, default=2000, help="samples for W2 etc. (default 2000)")
