@@ -196,8 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = Config()
     cfg.data.data = "checkerboard"
     if args.quick:
-        cfg.model.hidden, cfg.model.blocks = 128, 2
-        cfg.train.steps, cfg.train.max_minutes = 4000, 1.0
+        cfg.model.hidden, cfg.model.blocks = 128, 3
+        cfg.train.steps, cfg.train.max_minutes = 8000, 1.25
         cfg.sample.nfe = 200
         n_nll, n_samples = 300, 1000
     else:
