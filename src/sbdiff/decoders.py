@@ -9,30 +9,19 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ._controlled import ControlledSDE
 from ._utils import SbdiffError, append_dims, as_time
 from .references import ReferenceSDE
 
 __all__ = ["Decoder", "ScoreDecoder"]
 
 
-class Decoder(nn.Module):
+class Decoder(ControlledSDE):
     """Base class: backward drift (read in forward time) ``f − g·ẑ`` with ``ẑ = control(x, t)``."""
 
-    def __init__(self, reference: ReferenceSDE):
-        super().__init__()
-        self.reference = reference
-
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        """The control ``ẑ_θ(x, t)``, shape of ``x``."""
-        raise NotImplementedError
-
-    def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Backward drift ``f(x, t) − g(t)·ẑ_θ(x, t)``; ``x`` shape ``(B, ...)``."""
-        t = as_time(t, x)
-        f, g = self.reference.sde(x, t)
-        return f - append_dims(g, x.ndim) * self.control(x, t)
+    sign = -1.0
 
 
 class ScoreDecoder(Decoder):

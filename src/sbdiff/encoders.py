@@ -8,38 +8,19 @@ denoising-score-matching estimator of drift matching simulation-free.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import append_dims, as_time
-from .references import ReferenceSDE
+from ._controlled import ControlledSDE
+from ._utils import append_dims
 
 __all__ = ["Encoder", "FixedEncoder"]
 
 
-class Encoder(nn.Module):
-    """Base class: forward drift ``f + g·z`` with ``z = control(x, t)``.
+class Encoder(ControlledSDE):
+    """Base class: forward drift ``f + g·z`` with ``z = control(x, t)`` (the data -> prior SDE)."""
 
-    Parameters
-    ----------
-    reference : ReferenceSDE
-        Supplies ``f`` and ``g``.
-    """
-
+    sign = 1.0
     closed_form: bool = False
-
-    def __init__(self, reference: ReferenceSDE):
-        super().__init__()
-        self.reference = reference
-
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        """The control ``z_φ(x, t)``, shape of ``x``."""
-        raise NotImplementedError
-
-    def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Forward drift ``f(x, t) + g(t)·z_φ(x, t)``; ``x`` shape ``(B, ...)``."""
-        t = as_time(t, x)
-        f, g = self.reference.sde(x, t)
-        return f + append_dims(g, x.ndim) * self.control(x, t)
 
 
 class FixedEncoder(Encoder):

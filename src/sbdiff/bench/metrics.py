@@ -4,9 +4,11 @@ energy distance."""
 from __future__ import annotations
 
 import numpy as np
-import ot
 
 from .._utils import SbdiffError
+
+# POT is imported inside the functions: it takes about a second to import, and `import sbdiff`
+# (every CLI call) should not pay for it.
 
 __all__ = ["w2_exact", "sliced_w2", "energy_distance", "sample_metrics"]
 
@@ -24,6 +26,8 @@ def w2_exact(x, y) -> float:
     ``x`` shape ``(N, d)``, ``y`` shape ``(M, d)``; network simplex ``ot.emd2`` on the squared
     Euclidean cost, ``O(N·M)`` memory: keep ``N, M <= 5000``.
     """
+    import ot
+
     x, y = _pair(x, y)
     cost = ot.dist(x, y, metric="sqeuclidean")
     return float(np.sqrt(max(ot.emd2(ot.unif(len(x)), ot.unif(len(y)), cost, numItermax=10_000_000), 0.0)))
@@ -31,12 +35,16 @@ def w2_exact(x, y) -> float:
 
 def sliced_w2(x, y, n_projections: int = 500, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance (``ot.sliced_wasserstein_distance``), ``x (N, d)``, ``y (M, d)``."""
+    import ot
+
     x, y = _pair(x, y)
     return float(ot.sliced_wasserstein_distance(x, y, n_projections=n_projections, seed=seed))
 
 
 def energy_distance(x, y) -> float:
     """Energy distance ``2E‖X−Y‖ − E‖X−X'‖ − E‖Y−Y'‖`` (Székely & Rizzo 2013), V-statistic form."""
+    import ot
+
     x, y = _pair(x, y)
     xy = ot.dist(x, y, metric="euclidean").mean()
     xx = ot.dist(x, x, metric="euclidean").mean()
