@@ -201,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg.sample.nfe = 200
         n_nll, n_samples = 300, 1000
     else:
-        cfg.train.steps, cfg.train.max_minutes = 20000, 8.0
+        cfg.train.steps, cfg.train.max_minutes = 20000, 5.0
         n_nll, n_samples = 1000, 2000
     out = Path(args.out) if args.out else _default_out("demo")
     result = fit(cfg, out, progress=not args.quiet)
