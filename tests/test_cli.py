@@ -168,3 +168,26 @@ def test_console_script_exit_status(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"sbdiff: error: {bad}: 1 row(s) contain NaN or inf (first at row 0); clean the data first"]
+
+
+def test_demo_writes_plots_metrics_and_one_summary_line(tmp_path, monkeypatch, capsys):
+    import sbdiff.cli as cli
+
+    real = cli.demo_config
+
+    def tiny(quick):
+        cfg, _, _ = real(quick)
+        cfg.model.hidden, cfg.model.blocks = 32, 1
+        cfg.train.steps, cfg.sample.nfe, cfg.data.n_samples = 50, 20, 2000
+        return cfg, 50, 200
+
+    monkeypatch.setattr(cli, "demo_config", tiny)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    for name in ("samples.png", "trajectories.png", "metrics.json", "config.toml", "model.safetensors"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    res = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert {"nll", "nelbo", "w2", "on_checkerboard", "train_steps", "total_seconds"} <= set(res)
+    assert res["train_steps"] == 50 and 0 <= res["on_checkerboard"] <= 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("demo: sgm on checkerboard")
+    assert real(True)[0].train.max_minutes * 60 <= 90  # the quick demo's training fits its 2 minutes

@@ -209,8 +209,3 @@ class Standardizer:
         scale = x.std(0)
         scale = np.where(scale > 1e-8, scale, 1.0)
         return cls(x.mean(0), scale)
-
-    @property
-    def log_scale(self) -> float:
-        """``Σ log scale``: ``log p_data(x) = log p_model(y) − log_scale``."""
-        return float(np.log(self.scale).sum())

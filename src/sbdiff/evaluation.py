@@ -39,7 +39,7 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
     out = {
         "nll": float(nll.mean()),
         "nll_stderr": float(nll.std() / math.sqrt(n)),
-        "nll_bpd": float(nll.mean() / (model.dim * math.log(2))),
+        "nll_bpd": float(model.bits_per_dim(nll.mean())),
         "nelbo": float(nelbo.mean()),
         "nelbo_stderr": float(nelbo.std() / math.sqrt(n)),
         "n_eval": n,
