@@ -176,12 +176,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_data(args.data or cfg.data.data, cfg.data.n_samples, cfg.seed + 1)
     if data.shape[1] != model.dim:
         raise SbdiffError(f"{args.data}: data has dimension {data.shape[1]}, the model has {model.dim}")
-    res = evaluate(model, data, n_nll=args.n, n_samples=args.samples, nfe=args.nfe or cfg.sample.nfe,
-                   seed=args.seed, progress=not args.quiet)
-    if model.dim == 2 and (args.data or cfg.data.data) == "checkerboard":
-        gen = torch.Generator().manual_seed(args.seed)
-        res["on_checkerboard"] = float(on_checkerboard(model.sample(5000, nfe=args.nfe or cfg.sample.nfe,
-                                                                     generator=gen).numpy()).mean())
+    nfe = args.nfe or cfg.sample.nfe
+    checkerboard = model.dim == 2 and (args.data or cfg.data.data) == "checkerboard"
+    n_samples = max(args.samples, 5000) if checkerboard else args.samples
+    samples = model.sample(n_samples, nfe=nfe, generator=torch.Generator().manual_seed(args.seed),
+                           progress=not args.quiet).numpy()
+    res = evaluate(model, data, n_nll=args.n, nfe=nfe, seed=args.seed, samples=samples)
+    if checkerboard:
+        res["on_checkerboard"] = float(on_checkerboard(samples).mean())
     if args.json:
         _write_json(res, args.json)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
@@ -210,9 +212,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg, n_nll, n_samples = demo_config(args.quick)
     out = Path(args.out) if args.out else _default_out("demo")
     result = fit(cfg, out, progress=not args.quiet)
-    samples = _finish_run(result, cfg, progress=not args.quiet)
+    samples = _finish_run(result, cfg, progress=not args.quiet, n_plot=n_samples)
     data = load_data(cfg.data.data, 5000, cfg.seed + 1)
-    metrics = evaluate(result.model, data, n_nll=n_nll, n_samples=n_samples, nfe=cfg.sample.nfe)
+    metrics = evaluate(result.model, data, n_nll=n_nll, samples=samples)
     metrics["on_checkerboard"] = float(on_checkerboard(samples).mean())
     metrics["train_steps"] = result.steps
     metrics["train_seconds"] = round(result.seconds, 1)

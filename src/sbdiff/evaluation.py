@@ -15,8 +15,8 @@ __all__ = ["evaluate"]
 
 
 def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: int = 2000,
-             nfe: int = 500, elbo_time_points: int = 64, seed: int = 0,
-             progress: bool = False) -> dict[str, float]:
+             nfe: int = 500, elbo_time_points: int = 64, seed: int = 0, progress: bool = False,
+             samples: np.ndarray | None = None) -> dict[str, float]:
     """Score ``model`` on ``data`` (shape ``(N, d)``, data coordinates).
 
     Returns a dict with
@@ -24,7 +24,7 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
     ``nll_stderr``, ``nll_bpd`` (bits per dimension), ``nelbo`` (negative path ELBO, nats per sample,
     same points; an upper bound of the SDE model's NLL), ``nelbo_stderr``,
     and ``w2``, ``sliced_w2``, ``energy_distance`` of ``n_samples`` SDE samples (``nfe`` steps)
-    against the data.
+    against the data; pass ``samples`` (shape ``(M, d)``) to score samples already drawn instead.
     """
     model = model.eval()
     gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
@@ -34,7 +34,8 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
     start = time.monotonic()
     nll = -model.log_prob(xt, generator=gen).double()
     nelbo = -model.elbo(xt, n_time=elbo_time_points, generator=gen).double()
-    samples = model.sample(n_samples, nfe=nfe, generator=gen, progress=progress).cpu().numpy()
+    if samples is None:
+        samples = model.sample(n_samples, nfe=nfe, generator=gen, progress=progress).cpu().numpy()
     n = len(x)
     out = {
         "nll": float(nll.mean()),
@@ -43,7 +44,7 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
         "nelbo": float(nelbo.mean()),
         "nelbo_stderr": float(nelbo.std() / math.sqrt(n)),
         "n_eval": n,
-        "n_samples": int(n_samples),
+        "n_samples": len(samples),
         "nfe": int(nfe),
     }
     out.update(sample_metrics(samples, data, seed=seed))
