@@ -125,7 +125,7 @@ def _write(tmp_path, name, content):
     [
         (lambda p: ["--data", _write(p, "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))], "contain NaN or inf"),
         (lambda p: ["--data", _write(p, "inf.npy", np.array([[0.0, np.inf], [1.0, 1.0]]))], "contain NaN or inf"),
-        (lambda p: ["--data", _write(p, "rank.npy", np.zeros((4, 2, 2)))], "expected a 2-D array"),
+        (lambda p: ["--data", _write(p, "rank.npy", np.zeros((4, 2, 2, 2, 2)))], "expected a 2-D array"),
         (lambda p: ["--data", _write(p, "empty.csv", "")], "CSV file is empty"),
         (lambda p: ["--data", _write(p, "empty.npy", np.zeros((0, 3)))], "data is empty"),
         (lambda p: ["--data", _write(p, "words.csv", "1,2\nthree,4\n")], "non-numeric value in CSV"),
@@ -158,8 +158,8 @@ def test_other_commands_report_bad_input(run, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "o.txt"), "--quiet"]) == 2
     assert "must be a .npy path" in capsys.readouterr().err
-    assert main(["bench", "gaussian"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert main(["bench", "gaussian", "--dim", "0"]) == 2
+    assert "--dim must be at least 1" in capsys.readouterr().err
 
 
 def test_console_script_exit_status(tmp_path):

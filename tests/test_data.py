@@ -20,6 +20,15 @@ def test_digits():
     assert x.shape == (1797, 64) and x.min() == 0 and x.max() == 16
 
 
+def test_image_files_load_flat(tmp_path):
+    """Rank-3/4 arrays in .npy/.npz are images: flattened row-major to (N, C·H·W); CSV stays 2-D."""
+    imgs = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5).astype(np.uint8)
+    np.save(tmp_path / "a.npy", imgs)
+    np.savez(tmp_path / "b.npz", imgs[:, 0])
+    assert np.array_equal(load_data(str(tmp_path / "a.npy")), imgs.reshape(2, 60).astype(float))
+    assert np.array_equal(load_data(str(tmp_path / "b.npz")), imgs[:, 0].reshape(2, 20).astype(float))
+
+
 def test_checkerboard_lies_on_dark_squares():
     x = load_data("checkerboard", 20000, seed=3)
     assert on_checkerboard(x).all()
@@ -53,7 +62,7 @@ def _save(tmp_path, name, arr):
     [
         (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), r"1 row\(s\) contain NaN or inf \(first at row 1\)"),
         (np.array([[0.0, np.inf], [1.0, 2.0]]), "NaN or inf"),
-        (np.zeros((3, 2, 2)), r"expected a 2-D array of shape \(N, d\).*\(3, 2, 2\)"),
+        (np.zeros((3, 2, 2, 2, 2)), r"expected a 2-D array of shape \(N, d\).*\(3, 2, 2, 2, 2\)"),
         (np.zeros(5), r"for 1-D data use shape \(N, 1\)"),
         (np.zeros((0, 2)), "empty"),
         (np.zeros((1, 2)), "at least 2 samples"),

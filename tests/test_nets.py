@@ -1,8 +1,10 @@
 """Networks and EMA."""
 
+import pytest
 import torch
 
-from sbdiff.nets import TimeEmbedding, TimeMLP, make_ema
+from sbdiff import SbdiffError
+from sbdiff.nets import TimeEmbedding, TimeMLP, UNet, make_ema
 
 
 def test_time_mlp_shapes_and_time_dependence():
@@ -30,3 +32,39 @@ def test_ema_tracks_the_average():
         net.weight.fill_(3.0)
     ema.update_parameters(net)
     assert torch.allclose(ema.module.weight, torch.full_like(net.weight, 2.0))
+
+
+@pytest.mark.parametrize("shape, mult, attention", [((1, 8, 8), (1, 2), False), ((3, 8, 4), (1, 2, 2), True),
+                                                     ((2, 5, 7), (1,), False)])
+def test_unet_flat_shapes_zero_init_and_time_dependence(shape, mult, attention):
+    torch.manual_seed(0)
+    net = UNet(shape, channels=8, channel_mult=mult, res_blocks=1, attention=attention, time_dim=16)
+    D = shape[0] * shape[1] * shape[2]
+    x = torch.randn(5, D)
+    assert net(x, torch.rand(5)).shape == (5, D)
+    assert torch.all(net(x, 0.3) == 0)  # zero-initialised output convolution
+    for p in net.parameters():  # break the zero init everywhere
+        torch.nn.init.normal_(p, std=0.2)
+    y = net(x, 0.3)
+    assert y.shape == (5, D) and torch.isfinite(y).all()
+    assert not torch.allclose(net(x, 0.1), net(x, 0.9))
+
+
+def test_unet_samples_are_independent():
+    """Output row i depends on input row i only (GroupNorm is per sample), as divergences need."""
+    torch.manual_seed(0)
+    net = UNet((1, 8, 8), channels=8, time_dim=16)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(4, 64)
+    x2 = x.clone()
+    x2[1:] = torch.randn(3, 64)
+    assert torch.allclose(net(x, 0.5)[0], net(x2, 0.5)[0], atol=1e-6)
+    assert not torch.allclose(net(x, 0.5)[1], net(x2, 0.5)[1])
+
+
+def test_unet_bad_settings():
+    with pytest.raises(SbdiffError, match=r"image size 6x6 is not divisible by 2\*\*2 = 4"):
+        UNet((1, 6, 6), channel_mult=(1, 2, 2))
+    with pytest.raises(SbdiffError, match="invalid settings"):
+        UNet((1, 8, 8), channels=0)

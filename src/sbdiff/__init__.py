@@ -17,7 +17,7 @@ from .data import load_data
 from .evaluation import evaluate
 from .model import PathVAE
 from .references import make_reference
-from .train import TrainResult, fit, load_run
+from .train import TrainResult, TrainingInterrupted, fit, load_run, resume_run
 
 __version__ = "0.1.0"
 
@@ -26,10 +26,12 @@ __all__ = [
     "PathVAE",
     "SbdiffError",
     "TrainResult",
+    "TrainingInterrupted",
     "evaluate",
     "fit",
     "load_config",
     "load_data",
     "load_run",
     "make_reference",
+    "resume_run",
 ]

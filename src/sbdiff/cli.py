@@ -68,12 +68,18 @@ def _nonneg_float(text: str) -> float:
 
 
 # -- train ----------------------------------------------------------------------------------------
-def build_train_config(args: argparse.Namespace) -> Config:
-    """Defaults, overlaid by ``--config``, overlaid by the command-line flags."""
+def build_train_config(args: argparse.Namespace, resume: Path | None = None) -> Config:
+    """Defaults (or, with ``resume``, that run's saved config), overlaid by ``--config``, overlaid by
+    the command-line flags."""
     raw: dict = {}
     cfg = Config()
+    if resume is not None:
+        if not (resume / "config.toml").is_file():
+            raise SbdiffError(f"{resume} is not a run directory (no config.toml); nothing to resume")
+        cfg, _ = load_config(resume / "config.toml")
     if args.config:
-        cfg, raw = load_config(args.config)
+        file_cfg, raw = load_config(args.config)
+        cfg = file_cfg if resume is None else config_from_dict(raw, cfg)
     overrides: dict = {"data": {}, "train": {}}
     if args.method:
         overrides["method"] = args.method
@@ -90,7 +96,7 @@ def build_train_config(args: argparse.Namespace) -> Config:
     if args.max_minutes is not None:
         overrides["train"]["max_minutes"] = args.max_minutes
         steps_given = args.steps is not None or "steps" in raw.get("train", {})
-        if not steps_given:
+        if not steps_given and resume is None:
             overrides["train"]["steps"] = 0  # the time budget alone
     if args.steps is not None:
         overrides["train"]["steps"] = args.steps
@@ -98,15 +104,65 @@ def build_train_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import fit
+    from .train import TrainingInterrupted, fit
 
-    cfg = build_train_config(args)
-    out = Path(args.out) if args.out else _default_out(f"{cfg.method}-{Path(cfg.data.data).stem}")
-    result = fit(cfg, out, progress=not args.quiet)
+    if args.resume:
+        if args.out:
+            raise SbdiffError("--resume continues RUN in place; drop --out")
+        out = Path(args.resume)
+        cfg = build_train_config(args, resume=out)
+    else:
+        if args.allow_config_change:
+            raise SbdiffError("--allow-config-change only applies with --resume RUN")
+        cfg = build_train_config(args)
+        out = Path(args.out) if args.out else _default_out(f"{cfg.method}-{Path(cfg.data.data).stem}")
+    from .checkpoint import writes_files
+    from .distributed import shutdown
+
+    try:  # under torchrun every rank trains; rank 0 alone writes, plots and reports
+        result = fit(cfg, out, progress=not args.quiet, resume=bool(args.resume),
+                     allow_config_change=args.allow_config_change)
+        writer = writes_files()
+    except TrainingInterrupted as err:  # checkpoint written: 128 + signal number, as the shell reports a kill
+        if writes_files():
+            print(f"sbdiff: {err}", file=sys.stderr)
+        return 128 + err.signum
+    finally:
+        shutdown()
+    if not writer:
+        return 0
     _finish_run(result, cfg, progress=not args.quiet)
     print(f"trained {cfg.method} on {cfg.data.data}: {result.steps} steps in {result.seconds:.0f}s "
           f"(stopped by {result.stopped_by}), loss {result.last.get('loss', float('nan')):.4f} -> {out}")
     return 0
+
+
+def _image_range(model) -> tuple[float, float]:
+    """Data-unit range ``[0, top]`` that model coordinates ``[−1, 1]`` map to (image runs)."""
+    lo = float(model.to_data(torch.full((1, model.dim), -1.0, device=model.data_mean.device))[0, 0])
+    hi = float(model.to_data(torch.full((1, model.dim), 1.0, device=model.data_mean.device))[0, 0])
+    return lo, hi
+
+
+def _finish_image_run(result, cfg: Config, *, progress: bool, n_grid: int = 100) -> np.ndarray:
+    """Image runs: ``samples.png`` (a grid of ``n_grid`` SDE samples beside data images) and
+    ``trajectories.png`` (8 probability-flow paths from noise to image, ``min(100, sample.nfe)``
+    steps); returns the samples (flat)."""
+    from .plots import plot_image_paths, save_image_grid
+
+    model = result.model
+    gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
+    data = load_data(cfg.data.data, n_grid, cfg.seed + 1)[:n_grid]
+    samples = model.sample(n_grid, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu()
+    lo, hi = _image_range(model)
+    save_image_grid(model.as_images(samples).numpy(), result.run_dir / "samples.png", vmin=lo, vmax=hi,
+                    data=model.as_images(torch.as_tensor(data)).numpy(),
+                    title=f"{cfg.method} on {cfg.data.data}: data | samples ({cfg.sample.nfe} SDE steps)")
+    traj = model.decode(model.sample_prior(8, generator=gen), nfe=min(100, cfg.sample.nfe), ode=True,
+                        trajectory=True, solver=cfg.sample.ode_solver).cpu()
+    plot_image_paths(model.as_images(traj).numpy(), result.run_dir / "trajectories.png", vmin=lo, vmax=hi,
+                     title="probability-flow ODE paths, noise -> image")
+    return samples.numpy()
 
 
 def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> np.ndarray:
@@ -114,6 +170,8 @@ def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> n
     from .plots import plot_samples, plot_trajectories
 
     model = result.model
+    if model.image_shape is not None:
+        return _finish_image_run(result, cfg, progress=progress)
     gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
     data = load_data(cfg.data.data, min(cfg.data.n_samples, 5000), cfg.seed + 1)
     samples = model.sample(n_plot, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu().numpy()
@@ -133,6 +191,8 @@ def _load(run: str):
 
 def _transport(args: argparse.Namespace, direction: str) -> int:
     cfg, model = _load(args.run)
+    if getattr(args, "png", None) and model.image_shape is None:
+        raise SbdiffError("--png needs an image run (this run's data are vectors)")
     nfe = args.nfe or cfg.sample.nfe
     gen = torch.Generator().manual_seed(args.seed)
     kw = dict(nfe=nfe, ode=args.ode, solver=cfg.sample.ode_solver, generator=gen, progress=not args.quiet)
@@ -147,11 +207,19 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
     fn = model.decode if direction == "decode" else model.encode
     if args.trajectory:
         traj = fn(start, trajectory=True, **kw).numpy()
-        _save_npy(traj, args.trajectory, "--trajectory")
+        _save_npy(traj if model.image_shape is None else traj.reshape(*traj.shape[:2], *model.image_shape),
+                  args.trajectory, "--trajectory")
         end = traj[-1] if direction == "decode" else model.to_model(torch.as_tensor(traj[-1])).numpy()
     else:
         end = fn(start, **kw).numpy()
+    if model.image_shape is not None and direction == "decode":  # data side of an image run: (N, C, H, W)
+        end = end.reshape(len(end), *model.image_shape)
     _save_npy(end.astype(np.float32), args.out, "--out")
+    if getattr(args, "png", None):
+        from .plots import save_image_grid
+
+        lo, hi = _image_range(model)
+        save_image_grid(end.reshape(len(end), *model.image_shape), args.png, vmin=lo, vmax=hi)
     print(f"{direction}: {len(end)} points, {nfe} {'ODE' if args.ode else 'SDE'} steps -> {args.out}")
     return 0
 
@@ -178,10 +246,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SbdiffError(f"{args.data}: data has dimension {data.shape[1]}, the model has {model.dim}")
     nfe = args.nfe or cfg.sample.nfe
     checkerboard = model.dim == 2 and (args.data or cfg.data.data) == "checkerboard"
-    n_samples = max(args.samples, 5000) if checkerboard else args.samples
+    n_samples = args.samples or (500 if model.image_shape is not None else 2000)  # a U-Net sampler is costly
+    n_samples = max(n_samples, 5000) if checkerboard else n_samples
     samples = model.sample(n_samples, nfe=nfe, generator=torch.Generator().manual_seed(args.seed),
                            progress=not args.quiet).numpy()
-    res = evaluate(model, data, n_nll=args.n, nfe=nfe, seed=args.seed, samples=samples)
+    n_nll = args.n or (300 if model.image_shape is not None else 1000)  # U-Net likelihoods are costly
+    res = evaluate(model, data, n_nll=n_nll, nfe=nfe, seed=args.seed, samples=samples)
     if checkerboard:
         res["on_checkerboard"] = float(on_checkerboard(samples).mean())
     if args.json:
@@ -227,7 +297,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    raise SbdiffError(f"sbdiff bench {args.problem}: not available yet (arrives with the ground-truth issue)")
+    """``sbdiff bench gaussian|eot``: train a method on a ground-truth pair, score it, print table rows
+    (harness and conventions: :mod:`sbdiff.bench.runner`)."""
+    from .bench.runner import format_table, run_bench, run_sweep
+
+    if args.all and (args.dim is not None or args.eps is not None):
+        raise SbdiffError("--all sweeps every cell: drop --dim/--eps")
+    if args.dim is not None and args.dim < 1:
+        raise SbdiffError(f"--dim must be at least 1, got {args.dim}")
+    if args.eps is not None and not (args.eps > 0 and np.isfinite(args.eps)):
+        raise SbdiffError(f"--eps must be a finite number > 0, got {args.eps}")
+    kw = dict(seed=args.seed, minutes=args.minutes, steps=args.steps, n_test=args.n_test,
+              n_samples=args.n_samples, n_marginal=args.n_marginal, nfe=args.nfe, progress=not args.quiet)
+    if args.minutes == 0:
+        raise SbdiffError("--minutes must be > 0")
+    for line in format_table([]):
+        print(line, flush=True)
+
+    def show(row):
+        print(format_table([row], header=False)[0], flush=True)
+
+    if args.all:
+        rows = run_sweep(args.problem, args.method, callback=show, **kw)
+    else:
+        rows = [run_bench(args.problem, args.method, args.dim or 2, args.eps if args.eps is not None else 1.0, **kw)]
+        show(rows[0])
+    notes = {r["cbw2_note"] for r in rows if r["cbw2_note"]}
+    for note in notes:
+        print(f"cBW2-UVP {note}")
+    if args.json:
+        _write_json({"rows": rows} if args.all else rows[0], args.json)
+    return 0
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -256,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--max-minutes", type=_nonneg_float, help="wall-clock budget; alone, it replaces the step budget")
     t.add_argument("--steps", type=int, help="step budget (0: none)")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint with its saved config "
+                   "(budgets are totals over the run: --steps N trains up to step N)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that differs from the run's beyond budgets, "
+                   "checkpoint cadence and sampling settings")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -270,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--n", type=_positive_int, required=True, help="number of samples")
         else:
             s.add_argument("--from", dest="source", required=True, help="input points (.npy/.npz/.csv, (N, d))")
-        s.add_argument("--out", required=True, help="output .npy, shape (N, d)")
+        s.add_argument("--out", required=True, help="output .npy, shape (N, d); (N, C, H, W) in data units "
+                       "for samples/decodes of image runs")
+        if name == "sample":
+            s.add_argument("--png", help="image runs: also write a grid of the samples to this PNG")
         s.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the SDE")
         s.add_argument("--nfe", type=_positive_int, help="number of steps (default: the run's sample.nfe)")
         s.add_argument("--trajectory", help="also save the path, shape (K+1, N, d), to this .npy")
@@ -282,19 +390,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run directory")
     e.add_argument("--data", help="data to score (default: the run's data; a fresh draw for built-in sets)")
     e.add_argument("--json", help="write the results to this JSON file")
-    e.add_argument("--n", type=_positive_int, default=1000, help="points for nll/nelbo (default 1000)")
-    e.add_argument("--samples", type=_positive_int, default=2000, help="samples for W2 etc. (default 2000)")
+    e.add_argument("--n", type=_positive_int, help="points for nll/nelbo (default 1000; image runs 300)")
+    e.add_argument("--samples", type=_positive_int, help="samples for W2 etc. (default 2000; image runs 500)")
     e.add_argument("--nfe", type=_positive_int, help="sampling steps (default: the run's sample.nfe)")
     e.add_argument("--seed", type=int, default=0)
     common(e)
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bench", help="ground-truth benchmarks (not available yet)")
+    b = sub.add_parser("bench", help="train and score a method on a ground-truth pair (Gaussian SB, entropic-OT mixtures)")
     b.add_argument("problem", choices=("gaussian", "eot"))
-    b.add_argument("--method")
-    b.add_argument("--dim", type=int)
-    b.add_argument("--eps", type=float)
-    b.add_argument("--json")
+    b.add_argument("--method", default="exact",
+                   help="exact (the pair's own sampler: the noise floor; default) or a method name")
+    b.add_argument("--dim", type=int, help="dimension D (default 2)")
+    b.add_argument("--eps", type=float, help="entropy weight / reference variance eps (default 1)")
+    b.add_argument("--all", action="store_true", help="sweep the 12 cells D in {2,16,64,128} x eps in {0.1,1,10}")
+    b.add_argument("--minutes", type=_nonneg_float, help="training budget per cell (wall clock)")
+    b.add_argument("--steps", type=_positive_int, help="training step budget per cell")
+    b.add_argument("--seed", type=int, default=0, help="seed of the pair, the test points and the training")
+    b.add_argument("--n-test", type=_positive_int, default=1000, help="cBW2-UVP test points x (default 1000)")
+    b.add_argument("--n-samples", type=_positive_int, default=1000, help="samples per test point (default 1000)")
+    b.add_argument("--n-marginal", type=_positive_int, default=10000, help="samples for BW2-UVP (default 10000)")
+    b.add_argument("--nfe", type=_positive_int, help="sampling steps of a trained model (default: its config)")
+    b.add_argument("--json", help="write the row (with --all: {'rows': [...]}) to this JSON file")
+    common(b)
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -12,7 +12,12 @@ device = "cpu"
 data = "checkerboard"   # built-in name or .npy/.npz/.csv path
 prior = "gaussian"
 n_samples = 50000       # size of a generated built-in set
-normalize = true        # per-coordinate standardisation (likelihoods account for it)
+normalize = true        # per-coordinate standardisation of vectors (likelihoods account for it)
+image_shape = "auto"    # auto | none | CxHxW ("1x8x8"); auto: digits and rank-3/4 .npy/.npz are images
+                        # (auto also applies IMAGE_DEFAULTS: batch_size 128, ema_decay 0.995, to keys left at default)
+dequantize = "auto"     # images: auto (uniform when integer-valued) | uniform | none
+levels = 0              # images: quantisation levels L (0: from the data; uint8 256, digits 17)
+max_value = 0.0         # images: value of the top level (0: from the data; integers L-1, floats 1)
 
 [reference]
 kind = "vp"             # brownian | vp | ve | ou, plus that reference's parameters
@@ -24,6 +29,12 @@ hidden = 256
 blocks = 3
 time_dim = 64
 t_min = 0.001
+net = "auto"            # auto (unet for images, mlp for vectors) | mlp | unet
+unet_channels = 32      # U-Net width at the finest resolution
+unet_mult = "1,2"       # width multipliers per resolution (8x8 -> 4x4)
+unet_res_blocks = 1     # residual blocks per resolution
+unet_attention = false  # self-attention at the coarsest resolution
+unet_dropout = 0.0
 
 [train]
 steps = 20000           # 0: no step limit (then set max_minutes)
@@ -34,6 +45,13 @@ warmup = 200
 ema_decay = 0.999
 grad_clip = 1.0
 log_every = 100
+checkpoint_every = 1000 # steps between checkpoints (0: none; one is always written at the end)
+checkpoint_minutes = 10.0  # minutes between checkpoints (0: none)
+max_nonfinite = 5       # NaN/inf loss or gradients: steps in a row skipped before stopping (0: stop at once)
+shards = 1              # the global batch is computed as this many equal shards (DDP: a multiple of the world size)
+world_size = 1          # recorded by the trainer: processes that trained the run (torchrun)
+precision = "fp32"      # fp32 | bf16 (autocast of the losses' forward pass; for GPUs)
+compile = false         # torch.compile the networks (needs a C++ compiler on CPU)
 
 [sample]
 nfe = 500
@@ -68,6 +86,16 @@ class DataConfig:
     prior: str = "gaussian"
     n_samples: int = 50_000
     normalize: bool = True
+    image_shape: str = "auto"
+    dequantize: str = "auto"
+    levels: int = 0
+    max_value: float = 0.0
+
+    def shape(self) -> tuple[int, int, int] | None:
+        """The resolved image shape ``(C, H, W)``, or ``None`` for vector data."""
+        if self.image_shape in ("none", "auto"):
+            return None
+        return tuple(int(v) for v in self.image_shape.split("x"))
 
 
 @dataclass
@@ -76,6 +104,16 @@ class ModelConfig:
     blocks: int = 3
     time_dim: int = 64
     t_min: float = 1e-3
+    net: str = "auto"
+    unet_channels: int = 32
+    unet_mult: str = "1,2"
+    unet_res_blocks: int = 1
+    unet_attention: bool = False
+    unet_dropout: float = 0.0
+
+    def mult(self) -> tuple[int, ...]:
+        """``unet_mult`` as a tuple of ints."""
+        return tuple(int(v) for v in self.unet_mult.split(","))
 
 
 @dataclass
@@ -88,6 +126,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     log_every: int = 100
+    checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0
+    max_nonfinite: int = 5
+    shards: int = 1
+    world_size: int = 1
+    precision: str = "fp32"
+    compile: bool = False
 
 
 @dataclass
@@ -125,11 +170,18 @@ class Config:
         for name in ("batch_size", "log_every"):
             if getattr(t, name) < 1:
                 raise SbdiffError(f"train.{name} must be at least 1, got {getattr(t, name)}")
-        for name in ("steps", "warmup"):
+        for name in ("steps", "warmup", "checkpoint_every", "max_nonfinite"):
             if getattr(t, name) < 0:
                 raise SbdiffError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if not (t.max_minutes >= 0 and math.isfinite(t.max_minutes)):
             raise SbdiffError(f"train.max_minutes must be a finite number >= 0, got {t.max_minutes}")
+        if t.shards < 1 or t.world_size < 1 or t.batch_size % t.shards:
+            raise SbdiffError(f"train.shards ({t.shards}) and train.world_size ({t.world_size}) must be >= 1 "
+                              f"and train.batch_size ({t.batch_size}) a multiple of train.shards")
+        if t.precision not in ("fp32", "bf16"):
+            raise SbdiffError(f"train.precision must be fp32 or bf16, got '{t.precision}'")
+        if not (t.checkpoint_minutes >= 0 and math.isfinite(t.checkpoint_minutes)):
+            raise SbdiffError(f"train.checkpoint_minutes must be a finite number >= 0, got {t.checkpoint_minutes}")
         if t.steps == 0 and t.max_minutes == 0:
             raise SbdiffError("set train.steps or train.max_minutes: with both 0 training would never stop")
         if not t.lr > 0:
@@ -143,6 +195,7 @@ class Config:
             raise SbdiffError("model.hidden >= 1, model.blocks >= 0 and model.time_dim >= 2 are required")
         if not 0 <= m.t_min < ref.T:
             raise SbdiffError(f"model.t_min must lie in [0, T={ref.T}), got {m.t_min}")
+        _resolve_images(self)
         if self.data.n_samples < 2:
             raise SbdiffError(f"data.n_samples must be at least 2, got {self.data.n_samples}")
         if self.sample.nfe < 1:
@@ -153,6 +206,79 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Defaults that differ for images: applied when ``data.image_shape = "auto"`` resolves to an image
+# and the key still holds its generic default (an explicit ``data.image_shape`` applies none). A
+# U-Net step costs ~10x an MLP step on CPU: smaller batches buy more steps for the same time, and a
+# shorter EMA horizon (~200 steps) forgets the zero-output initial network within a short budget.
+IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995}
+
+
+def _resolve_images(cfg: "Config") -> None:
+    """Validate the image keys and resolve ``auto`` values from the data source (``data.image_info``)."""
+    from .data import BUILTIN, ImageInfo, image_info
+
+    d, m = cfg.data, cfg.model
+    if d.dequantize not in ("auto", "uniform", "none"):
+        raise SbdiffError(f"data.dequantize must be auto, uniform or none, got '{d.dequantize}'")
+    if d.levels < 0 or d.levels == 1:
+        raise SbdiffError(f"data.levels must be 0 (from the data) or at least 2, got {d.levels}")
+    if not (d.max_value >= 0 and math.isfinite(d.max_value)):
+        raise SbdiffError(f"data.max_value must be a finite number >= 0 (0: from the data), got {d.max_value}")
+    if m.net not in ("auto", "mlp", "unet"):
+        raise SbdiffError(f"model.net must be auto, mlp or unet, got '{m.net}'")
+    try:
+        mult = m.mult()
+    except ValueError:
+        mult = ()
+    if not mult or min(mult) < 1:
+        raise SbdiffError(f"model.unet_mult must be comma-separated positive integers like \"1,2\", got '{m.unet_mult}'")
+    if m.unet_channels < 1 or m.unet_res_blocks < 1 or not 0 <= m.unet_dropout < 1:
+        raise SbdiffError("model.unet_channels >= 1, model.unet_res_blocks >= 1 and 0 <= model.unet_dropout < 1 "
+                          "are required")
+    info = None
+    if d.image_shape == "auto":
+        # a missing file is reported by load_data when training; a saved run whose data file is gone
+        # predates images (its config would say image_shape otherwise): vectors
+        missing = d.data not in BUILTIN and not Path(d.data).is_file()
+        info = ImageInfo(None) if missing else image_info(d.data)
+        d.image_shape = "none" if info.image_shape is None else "x".join(map(str, info.image_shape))
+        if info.image_shape is not None:  # image defaults for keys still at their generic default
+            for key, value in IMAGE_DEFAULTS.items():
+                section, name = key.split(".")
+                sec = getattr(cfg, section)
+                if getattr(sec, name) == getattr(type(sec)(), name):
+                    setattr(sec, name, value)
+    elif d.image_shape != "none":
+        try:
+            shape = tuple(int(v) for v in d.image_shape.split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise SbdiffError(f"data.image_shape must be auto, none or CxHxW like \"1x8x8\", got '{d.image_shape}'")
+    if d.image_shape == "none":
+        if d.dequantize == "uniform":
+            raise SbdiffError("data.dequantize = uniform applies to image data; this data is vectors "
+                              "(data.image_shape = none)")
+        if m.net == "unet":
+            raise SbdiffError("model.net = unet needs image data (set data.image_shape = \"CxHxW\")")
+        d.dequantize = "none"
+        return
+    if d.dequantize == "none" and d.max_value > 0:
+        return
+    if d.dequantize == "uniform" and d.levels >= 2 and d.max_value > 0:
+        return
+    if info is None or info.image_shape is None:
+        info = image_info(d.data)
+    if d.dequantize == "auto":
+        d.dequantize = "uniform" if (d.levels or info.levels) else "none"
+    if d.dequantize == "uniform" and d.levels == 0:
+        if not info.levels:
+            raise SbdiffError(f"data.dequantize = uniform: {d.data} is not integer-valued; set data.levels")
+        d.levels = info.levels
+    if d.max_value == 0:
+        d.max_value = info.max_value if (info.levels == d.levels or d.dequantize == "none") else float(d.levels - 1)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}

@@ -4,6 +4,11 @@ A trained method returns a :class:`PathVAE`. It works in *model coordinates* ``y
 (a per-coordinate standardisation of the data, identity when disabled); ``encode``, ``decode``,
 ``sample``, ``log_prob`` and ``elbo`` take and return data coordinates and account for the
 Jacobian of that map.
+
+Images are flat vectors of dimension ``D = C·H·W`` here too (the network reshapes internally); for
+them the map is one scalar affine map onto ``[−1, 1]`` and integer-valued images are dequantised by
+uniform noise of one level's width ``Δ`` (:class:`sbdiff.data.ImageScaling`), so that
+:meth:`PathVAE.bits_per_dim` bounds the discrete data's code length.
 """
 
 from __future__ import annotations
@@ -37,10 +42,18 @@ class PathVAE(nn.Module):
         Small time where paths stop on the data side (the score is singular at ``t = 0``).
     data_mean, data_scale : Tensor, shape (d,), optional
         The standardisation of the data; identity when omitted.
+    image_shape : tuple (C, H, W), optional
+        For image data (``d = C·H·W``): the shape of one image (a plain attribute, rebuilt from the
+        run's config by :func:`sbdiff.train.load_run`).
+    dequant_step : float
+        Width ``Δ`` of one quantisation level in data units (integer-valued images: the data are
+        points ``x`` on the grid and the model is a density of ``x + Δu``, ``u ~ U[0,1)^d``);
+        0 for continuous data.
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, dim: int, t_min: float = 1e-3,
-                 data_mean: Tensor | None = None, data_scale: Tensor | None = None):
+                 data_mean: Tensor | None = None, data_scale: Tensor | None = None,
+                 image_shape: tuple[int, int, int] | None = None, dequant_step: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -53,6 +66,12 @@ class PathVAE(nn.Module):
         scale = torch.ones(dim) if data_scale is None else torch.as_tensor(data_scale, dtype=torch.float32)
         self.register_buffer("data_mean", mean.clone())
         self.register_buffer("data_scale", scale.clone())
+        if image_shape is not None and math.prod(image_shape) != self.dim:
+            raise SbdiffError(f"image_shape {tuple(image_shape)} does not match the dimension {dim}")
+        if not dequant_step >= 0:
+            raise SbdiffError(f"dequant_step must be >= 0, got {dequant_step}")
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.dequant_step = float(dequant_step)
 
     # -- coordinates --------------------------------------------------------------------------
     def to_model(self, x: Tensor) -> Tensor:
@@ -61,6 +80,28 @@ class PathVAE(nn.Module):
     def to_data(self, y: Tensor) -> Tensor:
         return y * self.data_scale.to(y.dtype) + self.data_mean.to(y.dtype)
 
+    def as_images(self, x: Tensor) -> Tensor:
+        """Flat points ``(N, D)`` (or paths ``(K+1, N, D)``) reshaped to images ``(..., C, H, W)``."""
+        if self.image_shape is None:
+            raise SbdiffError("this model was not trained on images")
+        return x.reshape(*x.shape[:-1], *self.image_shape)
+
+    def dequantize(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Uniform dequantisation ``x + Δ·u``, ``u ~ U[0, 1)^d`` of grid points ``x`` (data units,
+        shape ``(N, d)``); ``x`` itself for continuous data (``Δ = 0``)."""
+        if self.dequant_step == 0:
+            return x
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + self.dequant_step * u
+
+    def dequantize_model(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The same in model coordinates: ``y + (Δ/scale)·u`` for ``y = to_model(x)``, shape ``(N, d)``
+        (training batches arrive in model coordinates)."""
+        if self.dequant_step == 0:
+            return y
+        u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return y + (self.dequant_step / self.data_scale.to(y.dtype)) * u
+
     @property
     def log_scale(self) -> float:
         return float(torch.log(self.data_scale.double()).sum())
@@ -68,6 +109,8 @@ class PathVAE(nn.Module):
     def _check(self, x: Tensor, what: str) -> Tensor:
         if not torch.is_tensor(x):
             x = torch.as_tensor(x)
+        if self.image_shape is not None and x.ndim == 4 and tuple(x.shape[1:]) == self.image_shape:
+            x = x.reshape(x.shape[0], self.dim)  # images (N, C, H, W) -> flat
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise SbdiffError(f"{what}: expected shape (N, {self.dim}), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -180,5 +223,23 @@ class PathVAE(nn.Module):
         return torch.cat(out)
 
     def bits_per_dim(self, nats: Tensor | float) -> Tensor | float:
-        """Convert a negative log-likelihood in nats per sample to bits per dimension."""
-        return nats / (self.dim * math.log(2.0))
+        """Convert a negative log-likelihood (nats per sample, data units) to bits per dimension.
+
+        Continuous data (``Δ = 0``): ``bpd = nll/(D log 2)``, the differential code length.
+
+        Dequantised images (``Δ > 0``): ``nats`` must be the NLL of the dequantised points
+        ``x + Δu`` (see :meth:`dequantize`, :func:`sbdiff.evaluation.evaluate`). A grid point's
+        probability is the density's mass over its cell of volume ``Δ^D``, so by Jensen
+        ``−log P(x) ≤ E_u[−log p(x + Δu)] − D log Δ`` (Theis et al. 2016 eq. 13) and
+
+            ``bpd = (nll/D − log Δ)/log 2``.
+
+        In the unit-cube units of the literature, ``y = (k + u)/L ∈ [0, 1)^D`` for level ``k``, this
+        is ``bpd = (nll_y/D + log L)/log 2`` with ``nll_y = nll − D log(LΔ)`` (the log-Jacobian of
+        ``y ↦ x``): the two agree. The model-coordinate scaling ``[−1, 1]`` is already inside
+        ``nll`` (:meth:`log_prob` subtracts ``Σ log scale``).
+        """
+        per_dim = nats / self.dim
+        if self.dequant_step > 0:
+            per_dim = per_dim - math.log(self.dequant_step)
+        return per_dim / math.log(2.0)

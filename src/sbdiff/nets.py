@@ -1,4 +1,10 @@
-"""Networks: sinusoidal time embedding and a time-conditioned residual MLP (DESIGN §5), and EMA."""
+"""Networks: sinusoidal time embedding, a time-conditioned residual MLP for vectors and a small U-Net
+for images (DESIGN §5), and EMA.
+
+Every network maps flat vectors ``(B, D)`` and times ``(B,)`` to ``(B, D)``: the U-Net reshapes to
+``(B, C, H, W)`` internally, so that trainers, samplers, divergences and likelihoods treat images
+and vectors alike.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._utils import as_time
 
-__all__ = ["TimeEmbedding", "TimeMLP", "make_ema"]
+__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "make_ema"]
 
 
 class TimeEmbedding(nn.Module):
@@ -83,6 +89,165 @@ class TimeMLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)
+
+
+def _groups(channels: int, max_groups: int = 8) -> int:
+    """Largest divisor of ``channels`` not above ``max_groups`` (GroupNorm needs one)."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+class _ConvResBlock(nn.Module):
+    """GroupNorm, SiLU, 3×3 conv, GroupNorm with a time-dependent scale and shift, SiLU, 3×3 conv;
+    residual (1×1 conv when the width changes). The time embedding enters as ``h·(1 + a(t)) + b(t)``
+    after the second normalisation (the scale-shift norm of Nichol & Dhariwal 2021; a per-channel
+    shift added before a GroupNorm whose groups are single channels would be normalised away). The
+    second conv starts at zero, so a block starts as the identity."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        r = self.conv1(self.act(self.norm1(h)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        r = self.conv2(self.drop(self.act(self.norm2(r) * (1 + scale) + shift)))
+        return self.skip(h) + r
+
+
+class _SelfAttention(nn.Module):
+    """Single-head self-attention over the ``H·W`` positions, residual, zero-initialised output."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        B, C, H, W = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(B, 3, C, H * W).unbind(1)
+        out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return h + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """A small time-conditioned U-Net on flat image vectors ``(x, t) -> y`` (Ronneberger et al. 2015,
+    in the form of Ho et al. 2020 / Song et al. 2021: residual blocks with GroupNorm and SiLU, the
+    sinusoidal time embedding entering every block as a scale and shift, skip connections by
+    concatenation).
+
+    Parameters
+    ----------
+    image_shape : tuple (C, H, W)
+        Input ``x`` has shape ``(B, C·H·W)`` (row-major ``C, H, W``) and so does the output.
+    channels : int
+        Width at the finest resolution.
+    channel_mult : sequence of int
+        Width multipliers per resolution; ``len(channel_mult)`` resolutions, each after the first at
+        half the previous size, so ``H`` and ``W`` must be divisible by ``2**(len − 1)``.
+    res_blocks : int
+        Residual blocks per resolution on the way down (one more on the way up).
+    attention : bool
+        Self-attention at the coarsest resolution and in the middle (off by default: at 8×8 it
+        costs more than it gives on CPU).
+    time_dim : int
+        Size of the sinusoidal time embedding.
+    T : float
+        Time horizon, used to scale ``t`` to ``[0, 1]``.
+    dropout : float
+        Dropout inside the residual blocks.
+
+    The output convolution starts at zero, so an untrained network outputs 0 (for the noise
+    parametrisation of :class:`~sbdiff.decoders.ScoreDecoder`: the Gaussian skip alone).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: int = 32, channel_mult=(1, 2),
+                 res_blocks: int = 1, attention: bool = False, time_dim: int = 64, T: float = 1.0,
+                 dropout: float = 0.0):
+        super().__init__()
+        from ._utils import SbdiffError
+
+        C, H, W = (int(s) for s in image_shape)
+        mult = tuple(int(m) for m in channel_mult)
+        if min(C, H, W) < 1 or channels < 1 or not mult or min(mult) < 1 or res_blocks < 1:
+            raise SbdiffError(f"U-Net: invalid settings (image_shape={image_shape}, channels={channels}, "
+                              f"channel_mult={channel_mult}, res_blocks={res_blocks})")
+        factor = 2 ** (len(mult) - 1)
+        if H % factor or W % factor:
+            raise SbdiffError(f"U-Net: image size {H}x{W} is not divisible by 2**{len(mult) - 1} = {factor} "
+                              f"({len(mult)} resolutions); use fewer entries in model.unet_mult")
+        self.image_shape = (C, H, W)
+        self.dim = C * H * W
+        emb_dim = 4 * channels
+        self.embed = TimeEmbedding(time_dim, T)
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.inp = nn.Conv2d(C, channels, 3, padding=1)
+        widths = [channels * m for m in mult]
+        self.down = nn.ModuleList()
+        skips = [channels]
+        ch = channels
+        for level, w in enumerate(widths):
+            for _ in range(res_blocks):
+                self.down.append(_ConvResBlock(ch, w, emb_dim, dropout))
+                ch = w
+                skips.append(ch)
+                if attention and level == len(widths) - 1:
+                    self.down.append(_SelfAttention(ch))
+            if level < len(widths) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid1 = _ConvResBlock(ch, ch, emb_dim, dropout)
+        self.mid_attn = _SelfAttention(ch) if attention else nn.Identity()
+        self.mid2 = _ConvResBlock(ch, ch, emb_dim, dropout)
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            w = widths[level]
+            for _ in range(res_blocks + 1):
+                self.up.append(_ConvResBlock(ch + skips.pop(), w, emb_dim, dropout))
+                ch = w
+                if attention and level == len(widths) - 1:
+                    self.up.append(_SelfAttention(ch))
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(ch, ch, 3, padding=1)))
+        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, C, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = as_time(t, x)
+        B = x.shape[0]
+        emb = self.time_mlp(self.embed(t))
+        h = self.inp(x.reshape(B, *self.image_shape))
+        hs = [h]
+        for layer in self.down:
+            if isinstance(layer, _ConvResBlock):
+                h = layer(h, emb)
+                hs.append(h)
+            elif isinstance(layer, _SelfAttention):
+                h = layer(h)
+                hs[-1] = h
+            else:  # downsampling
+                h = layer(h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            if isinstance(layer, _ConvResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            else:  # attention or upsampling
+                h = layer(h)
+        return self.out(h).reshape(B, self.dim)
 
 
 def make_ema(module: nn.Module, decay: float) -> AveragedModel:

@@ -1,4 +1,5 @@
-"""Plots written into run directories: samples against data, and probability-flow trajectories."""
+"""Plots written into run directories: samples against data, probability-flow trajectories, and
+image grids (samples of image runs, and their paths from noise to data)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_samples", "plot_trajectories"]
+__all__ = ["plot_samples", "plot_trajectories", "image_grid", "save_image_grid", "plot_image_paths"]
 
 
 def _lims(*arrays: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -58,3 +59,59 @@ def plot_trajectories(traj: np.ndarray, path: str | Path, title: str = "", n_pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, vmin: float = 0.0,
+               vmax: float = 1.0) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` (``C`` = 1 or 3) into one array ``(rows·(H+pad)+pad, cols·(W+pad)+pad, C)``
+    with values clipped to ``[vmin, vmax]`` and mapped to ``[0, 1]``; padding is 1 (white)."""
+    images = np.asarray(images, np.float64)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1|3, H, W), got {images.shape}")
+    n, c, h, w = images.shape
+    ncol = nrow or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncol))
+    x = np.clip((images - vmin) / (vmax - vmin), 0.0, 1.0)
+    grid = np.ones((nrows * (h + pad) + pad, ncol * (w + pad) + pad, c))
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top:top + h, left:left + w] = x[i].transpose(1, 2, 0)
+    return grid
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, *, vmin: float = 0.0, vmax: float = 1.0,
+                    nrow: int | None = None, scale: int = 4, data: np.ndarray | None = None,
+                    title: str = "") -> None:
+    """Write a PNG grid of images ``(N, C, H, W)`` in data units, shown on ``[vmin, vmax]`` (grey
+    levels for ``C = 1``, with black at ``vmin`` … white at ``vmax``, inverted so that ink is dark).
+    With ``data`` (same layout) the grid of data images is drawn beside the samples.
+    """
+    panels = [("samples", images)] if data is None else [("data", data), ("samples", images)]
+    grids = [(name, image_grid(x, nrow, vmin=vmin, vmax=vmax)) for name, x in panels]
+    h, w = grids[0][1].shape[:2]
+    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * w * scale / 100 + 0.4, h * scale / 100 + 0.6),
+                             dpi=100, squeeze=False)
+    for ax, (name, g) in zip(axes[0], grids):
+        if g.shape[2] == 1:
+            ax.imshow(1.0 - g[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(g, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_image_paths(paths: np.ndarray, path: str | Path, *, vmin: float = 0.0, vmax: float = 1.0,
+                     n_steps: int = 8, title: str = "") -> None:
+    """Paths of images ``(K+1, N, C, H, W)`` from prior side (index 0) to data side (index K): one row
+    per path, ``n_steps`` evenly spaced times per row."""
+    k = np.linspace(0, paths.shape[0] - 1, n_steps).round().astype(int)
+    rows = np.asarray(paths)[k].transpose(1, 0, 2, 3, 4)  # (N, n_steps, C, H, W)
+    n = rows.shape[0]
+    save_image_grid(rows.reshape(n * n_steps, *rows.shape[2:]), path, vmin=vmin, vmax=vmax, nrow=n_steps,
+                    title=title)

@@ -18,6 +18,15 @@ class Method:
     """
 
     name = "method"
+    #: True for methods that bridge two data sets (``data`` at t = 0, a second data set as the prior
+    #: at t = T, ``decode`` samples the learned conditional plan); the benchmark harness
+    #: (:mod:`sbdiff.bench.runner`) scores such methods on the conditional plan (cBW2-UVP).
+    bridges = False
+    #: Set True when some trainable parameters get no gradient in a step (e.g. an alternating
+    #: schedule that trains one network at a time under ``torch.no_grad`` for the other); DDP then
+    #: looks for unused parameters. Do not toggle ``requires_grad`` during training: DDP fixes the
+    #: set of reduced parameters when it wraps the model.
+    ddp_find_unused_parameters = False
 
     def __init__(self, config: Config):
         self.config = config
@@ -41,3 +50,13 @@ class Method:
     def trainable(self, model: PathVAE) -> list[nn.Parameter]:
         """Parameters the optimiser updates."""
         return [p for p in model.parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict:
+        """Schedule state to checkpoint (e.g. the current IPF iteration and half-bridge of an
+        alternating method); nested dicts/lists of numbers, strings and tensors. Stateless methods
+        return ``{}``. Restored by :meth:`load_state_dict` on resume (tensors come back on the CPU)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the state returned by :meth:`state_dict` (called after :meth:`build`); the
+        default, for stateless methods, does nothing."""

@@ -11,14 +11,48 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Standardizer
+from .._utils import SbdiffError
+from ..config import Config
+from ..data import ImageScaling, Standardizer
 from ..decoders import ScoreDecoder
 from ..encoders import FixedEncoder
 from ..model import PathVAE
-from ..nets import TimeMLP
+from ..nets import TimeMLP, UNet
 from ..objectives import dsm_loss, gaussian_moment_kl, importance_times
 from ..references import make_reference
 from .base import Method
+
+
+def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
+    """The network chosen by the data's shape (``model.net = auto``): a :class:`~sbdiff.nets.UNet`
+    for images (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.TimeMLP` for
+    vectors. Both map ``(B, dim)`` to ``(B, dim)``."""
+    m, shape = config.model, config.data.shape()
+    kind = m.net if m.net != "auto" else ("unet" if shape is not None else "mlp")
+    if kind == "unet":
+        if shape is None:
+            raise SbdiffError("model.net = unet needs image data (data.image_shape = CxHxW)")
+        if shape[0] * shape[1] * shape[2] != dim:
+            raise SbdiffError(f"data.image_shape {config.data.image_shape} does not match the data's dimension {dim}")
+        return UNet(shape, m.unet_channels, m.mult(), m.unet_res_blocks, m.unet_attention, m.time_dim, T,
+                    m.unet_dropout)
+    return TimeMLP(dim, m.hidden, m.blocks, m.time_dim, T)
+
+
+def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(mean, scale, Δ)`` of the map to model coordinates: per-coordinate standardisation for
+    vectors (``data.normalize``), one scalar affine map onto ``[−1, 1]`` for images with the
+    dequantisation width ``Δ`` (:class:`~sbdiff.data.ImageScaling`; ``Δ = 0``: no dequantisation)."""
+    d = config.data
+    dim = data.shape[1]
+    shape = d.shape()
+    if shape is None:
+        std = Standardizer.fit(data, d.normalize)
+        return std.mean, std.scale, 0.0
+    if shape[0] * shape[1] * shape[2] != dim:
+        raise SbdiffError(f"data.image_shape {d.image_shape} does not match the data's dimension {dim}")
+    scaling = ImageScaling(d.levels if d.dequantize == "uniform" else 0, d.max_value)
+    return np.full(dim, scaling.center), np.full(dim, scaling.scale), scaling.step
 
 
 class SGM(Method):
@@ -30,12 +64,16 @@ class SGM(Method):
         cfg = self.config
         params = dict(cfg.reference)
         reference = make_reference(params.pop("kind"), **params)
+        if data.ndim != 2:
+            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape} (images are flattened "
+                              "by sbdiff.data.load_data; set data.image_shape to rebuild them)")
         dim = data.shape[1]
-        net = TimeMLP(dim, cfg.model.hidden, cfg.model.blocks, cfg.model.time_dim, reference.T)
-        std = Standardizer.fit(data, cfg.data.normalize)
+        net = build_network(cfg, dim, reference.T)
+        mean, scale, step = data_scaling(cfg, data)
         return PathVAE(FixedEncoder(reference), ScoreDecoder(reference, net, "noise"), dim,
-                       cfg.model.t_min, torch.as_tensor(std.mean, dtype=torch.float32),
-                       torch.as_tensor(std.scale, dtype=torch.float32))
+                       cfg.model.t_min, torch.as_tensor(mean, dtype=torch.float32),
+                       torch.as_tensor(scale, dtype=torch.float32), image_shape=cfg.data.shape(),
+                       dequant_step=step)
 
     def sample_times(self, model: PathVAE, n: int, generator: torch.Generator, like: Tensor) -> Tensor:
         """Training times, shape ``(n,)``: half stratified uniform on ``[t_min, T]``, half log-uniform
@@ -48,6 +86,7 @@ class SGM(Method):
         return t
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        batch = model.dequantize_model(batch, generator=generator)  # fresh noise every step (images)
         t = self.sample_times(model, batch.shape[0], generator, batch)
         dm = dsm_loss(model.encoder, model.decoder, batch, t, generator=generator).mean()
         return {"loss": dm, "drift_matching": dm}

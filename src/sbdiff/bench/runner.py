@@ -1,0 +1,186 @@
+"""The benchmark harness behind ``sbdiff bench gaussian|eot``: build a pair, train a method on its
+samples, score it, return one table row.
+
+Problems: ``gaussian`` (:func:`~sbdiff.bench.gaussian.random_gaussian_bridge`, closed form) and
+``eot`` (:func:`~sbdiff.bench.eot.make_pair`, Gushchin et al. 2023); cells ``D ∈ {2, 16, 64, 128}``
+× ``eps ∈ {0.1, 1, 10}``.
+
+Methods:
+
+* ``exact`` — the pair's own conditional sampler: its scores are the protocol's noise floor.
+* generative methods (``Method.bridges`` false, e.g. ``sgm``) — trained on ``n_train`` samples of the
+  target ``p1`` with their usual prior ``N(0, I)``; only the target-marginal BW2-UVP applies
+  (``cbw2_uvp`` is None and ``cbw2_note`` says why).
+* bridge methods (``Method.bridges`` true; DSB, SB-FBSDE, VSDM once they exist) — the convention,
+  which such a method must follow to plug in here without changes:
+
+  - ``data`` = ``n_train`` samples of the target ``p1`` (data side, ``t = 0``), passed as
+    ``sbdiff.train.fit(config, None, data=target)``;
+  - prior = ``n_train`` samples of the source ``p0`` (prior side, ``t = T = 1``): written to a
+    ``.npy`` file in a temporary directory that lives while ``fit`` runs, and named by
+    ``config.data.prior`` (exactly what ``sbdiff train --prior FILE`` does; DESIGN §8);
+    ``config.data.data`` likewise names a ``.npy`` of the target samples;
+  - reference ``brownian(eps)`` (``config.reference``), and ``config.data.normalize = False``: the
+    problem is entropic OT with cost ``½‖x − y‖²`` *in data coordinates*, which a per-coordinate
+    standardisation would change;
+  - ``model.decode(x0)`` with ``x0`` a float32 tensor ``(m, d)`` of source points (data coordinates,
+    as ``sbdiff decode --from``) returns ``(m, d)`` draws of ``π̂(· | x0)``.
+
+Training sees samples only, never the closed form. Scores: :func:`~sbdiff.bench.metrics.plan_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .._utils import SbdiffError
+from .eot import BENCH_DIMS, BENCH_EPS, make_pair
+from .gaussian import random_gaussian_bridge
+from .metrics import plan_metrics
+
+__all__ = ["PROBLEMS", "make_problem", "run_bench", "run_sweep", "format_table", "BENCH_DIMS", "BENCH_EPS"]
+
+PROBLEMS = ("gaussian", "eot")
+
+
+def make_problem(problem: str, dim: int, eps: float, seed: int = 0):
+    """The benchmark pair of a cell: a :class:`GaussianBridge` or an :class:`EOTPair`."""
+    if problem == "gaussian":
+        return random_gaussian_bridge(dim, eps, seed)
+    if problem == "eot":
+        return make_pair(dim, eps, seed)
+    raise SbdiffError(f"unknown benchmark problem '{problem}'; choose from {', '.join(PROBLEMS)}")
+
+
+def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, minutes, steps, n_train: int,
+           progress: bool, overrides: dict | None = None):
+    """Train ``method`` on samples of ``pair``; returns (method object, TrainResult)."""
+    from ..config import Config, config_from_dict
+    from ..methods import make_method
+    from ..train import fit
+
+    cfg = config_from_dict(overrides or {}, Config())
+    cfg.method = method
+    cfg.seed = seed
+    if minutes is not None:
+        cfg.train.max_minutes = float(minutes)
+        cfg.train.steps = 0 if steps is None else int(steps)
+    elif steps is not None:
+        cfg.train.steps = int(steps)
+    obj = make_method(cfg)  # raises for methods that do not exist yet
+    target = pair.sample_target(n_train, np.random.default_rng([seed, 10])).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="sbdiff-bench-") as tmp:
+        # the config names files (as `sbdiff train` would); the arrays are also passed directly
+        np.save(Path(tmp) / f"{problem}-target.npy", target)
+        cfg.data.data = str(Path(tmp) / f"{problem}-target.npy")
+        if getattr(obj, "bridges", False):
+            source = pair.sample_source(n_train, np.random.default_rng([seed, 11])).astype(np.float32)
+            np.save(Path(tmp) / f"{problem}-source.npy", source)
+            cfg.data.prior = str(Path(tmp) / f"{problem}-source.npy")
+            cfg.reference = {"kind": "brownian", "eps": float(eps)}
+            cfg.data.normalize = False
+        return obj, fit(cfg.validate(), None, data=target, progress=progress)
+
+
+def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.0, *, seed: int = 0,
+              minutes: float | None = None, steps: int | None = None, n_test: int = 1000,
+              n_samples: int = 1000, n_marginal: int = 10_000, n_train: int = 50_000, nfe: int | None = None,
+              overrides: dict | None = None, progress: bool = False) -> dict:
+    """Train (unless ``method == "exact"``) and score one cell; returns a row (dict, JSON-ready).
+
+    Parameters
+    ----------
+    problem : {"gaussian", "eot"}
+    method : str
+        ``exact`` or a method name of :data:`sbdiff.config.METHODS`.
+    dim, eps, seed : the cell and the seed of the pair, the test points and the training.
+    minutes, steps : training budget (``minutes`` alone: time only; neither: the config default).
+    n_test, n_samples, n_marginal : protocol sizes (:func:`~sbdiff.bench.metrics.plan_metrics`).
+    n_train : number of training samples of each side.
+    nfe : sampling steps of the trained model (default: the config's ``sample.nfe``).
+    overrides : nested dict overlaid on the default :class:`~sbdiff.config.Config` before the
+        harness sets method, seed, budget, data and (bridges) prior/reference, e.g.
+        ``{"model": {"hidden": 64}, "train": {"batch_size": 256}}``.
+
+    Returns
+    -------
+    dict with keys ``problem, method, dim, eps, seed, cbw2_uvp, bw2_uvp, cbw2_note, n_test,
+    n_samples, n_marginal, train_steps, train_seconds, eval_seconds``.
+    """
+    import torch
+
+    if method is None:
+        method = "exact"
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise SbdiffError(f"minutes must be a finite number > 0, got {minutes}")
+    if steps is not None and steps < 1:
+        raise SbdiffError(f"steps must be at least 1, got {steps}")
+    for name, v in (("n_train", n_train), ("nfe", nfe if nfe is not None else 1)):
+        if v < 1:
+            raise SbdiffError(f"{name} must be at least 1, got {v}")
+    pair = make_problem(problem, dim, eps, seed)
+    row = {"problem": problem, "method": method, "dim": int(dim), "eps": float(eps), "seed": int(seed),
+           "cbw2_uvp": None, "bw2_uvp": None, "cbw2_note": None, "train_steps": 0, "train_seconds": 0.0}
+    sizes = dict(n_test=n_test, n_samples=n_samples, n_marginal=n_marginal, seed=seed)
+    if method == "exact":
+        start = time.monotonic()
+        res = plan_metrics(pair, pair.sample_conditional, **sizes)
+    else:
+        obj, result = _train(method, problem, pair, dim, eps, seed=seed, minutes=minutes, steps=steps,
+                             n_train=n_train, progress=progress, overrides=overrides)
+        row.update(train_steps=result.steps, train_seconds=round(result.seconds, 1))
+        model = result.model
+        steps_ = nfe or obj.config.sample.nfe
+        start = time.monotonic()
+        if getattr(obj, "bridges", False):
+            def sampler(x, rng):
+                gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                z = torch.as_tensor(x, dtype=torch.float32)
+                return model.decode(z, nfe=steps_, generator=gen).double().numpy()
+
+            res = plan_metrics(pair, sampler, **sizes)
+        else:
+            gen = torch.Generator().manual_seed(seed + 20)
+            samples = model.sample(n_marginal, nfe=steps_, generator=gen).double().numpy()
+            res = plan_metrics(pair, None, marginal_samples=samples, **sizes)
+            row["cbw2_note"] = (f"not applicable: {method} is a generative method (N(0, I) -> p1), not a bridge "
+                                "from p0, so it has no conditional plan pi(.|x) to score")
+    row.update(res)
+    row["eval_seconds"] = round(time.monotonic() - start, 1)
+    return row
+
+
+def run_sweep(problem: str, method: str = "exact", *, dims=BENCH_DIMS, epss=BENCH_EPS, callback=None,
+              **kwargs) -> list[dict]:
+    """:func:`run_bench` over the cells ``dims × epss`` (default: the 12 cells); ``callback(row)``
+    after each."""
+    rows = []
+    for dim in dims:
+        for eps in epss:
+            row = run_bench(problem, method, dim, eps, **kwargs)
+            rows.append(row)
+            if callback is not None:
+                callback(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_table(rows: list[dict], header: bool = True) -> list[str]:
+    """Markdown table lines for result rows."""
+    lines = []
+    if header:
+        lines.append("| problem | method | D | eps | cBW2-UVP % | BW2-UVP % | test x × samples | marginal samples | train steps | train s |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        test = f"{r['n_test']}×{r['n_samples']}" if r.get("n_test") else "—"
+        lines.append(f"| {r['problem']} | {r['method']} | {r['dim']} | {r['eps']:g} | {_fmt(r['cbw2_uvp'])} | "
+                     f"{_fmt(r['bw2_uvp'])} | {test} | {r['n_marginal']} | {r['train_steps']} | {r['train_seconds']} |")
+    return lines

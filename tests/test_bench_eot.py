@@ -1,0 +1,197 @@
+"""The entropic-OT mixture benchmark (DESIGN §6.2): its closed-form conditional moments against its own
+sampler, its exact SB drift simulated against the plan, and the benchmark harness / CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sbdiff import SbdiffError
+from sbdiff.bench import runner
+from sbdiff.bench.eot import EOTPair, make_pair
+from sbdiff.cli import main
+
+
+def empirical_moments(y):
+    m = y.mean(1)
+    dev = y - m[:, None]
+    return m, np.einsum("nsi,nsj->nij", dev, dev) / (y.shape[1] - 1)
+
+
+@pytest.mark.parametrize("dim, eps", [(2, 0.1), (2, 10.0), (16, 1.0)])
+def test_conditional_moments_agree_with_the_sampler(dim, eps):
+    pair = make_pair(dim, eps, seed=0)
+    x = pair.sample_source(3, seed=1)
+    mean, cov = pair.conditional_moments(x)
+    n = 20000
+    y = pair.sample_conditional(np.repeat(x, n, 0), seed=2).reshape(3, n, dim)
+    em, ec = empirical_moments(y)
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    assert np.all(np.abs(em - mean) < 5 * sd / math.sqrt(n))
+    # standard error of a covariance entry: sqrt((C_ii C_jj + C_ij²)/n), non-Gaussian tails: factor 2
+    se = np.sqrt((sd[:, :, None] ** 2 * sd[:, None, :] ** 2 + cov**2) / n)
+    assert np.all(np.abs(ec - cov) < 2 * 5 * se)
+    g = pair.component_probs(x)
+    assert np.allclose(g.sum(1), 1) and g.shape == (3, 5)
+
+
+def test_component_formulas():
+    pair = make_pair(3, 0.5, seed=4)
+    S, eps = pair.potential_covs, pair.eps
+    lam = pair.component_covs()
+    assert np.allclose(lam, np.linalg.inv(np.linalg.inv(S) + np.eye(3) / eps))
+    x = pair.sample_source(4, seed=0)
+    mu = pair._component_means(x)
+    for k in range(5):
+        want = (lam[k] @ (np.linalg.solve(S[k], pair.potential_means[k])[:, None] + x.T / eps)).T
+        assert np.allclose(mu[k], want)
+
+
+def test_drift_is_eps_times_the_gradient_of_the_log_potential():
+    pair = make_pair(4, 1.0, seed=2)
+    x = torch.tensor(pair.sample_source(6, seed=3), requires_grad=True)
+    t = torch.tensor([0.0, 0.2, 0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
+    drift = pair.drift(x.detach(), t)
+    h = 1e-6
+    fd = np.zeros((6, 4))
+    xn = x.detach().numpy()
+    for i in range(4):
+        e = np.zeros(4)
+        e[i] = h
+        fd[:, i] = (pair.log_potential(xn + e, t.numpy()) - pair.log_potential(xn - e, t.numpy())) / (2 * h)
+    assert drift.dtype == torch.float64
+    assert np.allclose(drift.numpy(), pair.eps * fd, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim, eps", [(2, 1.0), (2, 0.1), (8, 1.0)])
+def test_exact_drift_simulated_reproduces_the_plan(dim, eps):
+    """Euler–Maruyama of dX = v*(X, t) dt + √eps dW from fixed x0 ends at π*(·|x0)."""
+    pair = make_pair(dim, eps, seed=0)
+    x0 = pair.sample_source(3, seed=5)
+    n, steps = 4000, 400
+    rng = np.random.default_rng(6)
+    x = np.repeat(x0, n, 0)
+    dt = 1.0 / steps
+    for k in range(steps):
+        x = x + pair.drift(x, k * dt) * dt + math.sqrt(eps * dt) * rng.standard_normal(x.shape)
+    em, ec = empirical_moments(x.reshape(3, n, dim))
+    mean, cov = pair.conditional_moments(x0)
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    # Monte Carlo (5 standard errors) plus the O(dt) Euler bias, in units of the conditional scale
+    assert np.all(np.abs(em - mean) < 5 * sd / math.sqrt(n) + 0.02 * sd)
+    assert np.all(np.abs(ec - cov) < 0.15 * sd[:, :, None] * sd[:, None, :] + 0.02 * eps)
+
+
+def test_make_pair_is_reproducible_and_follows_the_recipe():
+    a, b = make_pair(16, 1.0, seed=3), make_pair(16, 1.0, seed=3)
+    assert np.array_equal(a.potential_means, b.potential_means) and np.array_equal(a.source_covs, b.source_covs)
+    c = make_pair(16, 10.0, seed=3)
+    assert np.array_equal(a.source_means, c.source_means)  # the source does not depend on eps
+    assert not np.allclose(a.potential_means, c.potential_means)
+    assert a.n_components == (3, 5) and np.allclose(a.source_weights, 1 / 3)
+    lam = np.linalg.eigvalsh(a.potential_covs)
+    assert lam.min() >= 0.1 - 1e-9 and lam.max() <= 1.0 + 1e-9
+    # target moments (Rao–Blackwellised) agree with raw target samples
+    m, C = a.target_moments(n_ref=50_000)
+    y = a.sample_target(50_000, seed=9)
+    assert abs(y.mean(0) - m).max() < 5 * math.sqrt(C.diagonal().max() / 50_000) * 1.5
+    assert abs(np.trace(np.cov(y.T)) - np.trace(C)) < 0.03 * np.trace(C)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: make_pair(0, 1.0), "dim must be an integer >= 1"),
+    (lambda: make_pair(2.5, 1.0), "dim must be an integer >= 1"),
+    (lambda: make_pair(2, 0.0), "eps must be a finite number > 0"),
+    (lambda: make_pair(2, -1.0), "eps must be a finite number > 0"),
+    (lambda: make_pair(2, 1.0, seed=-1), "seed"),
+    (lambda: EOTPair([1.0], [[0.0, 0.0]], [np.eye(2)], [1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]], 1.0),
+     "potential covariance 0 is not positive definite"),
+    (lambda: EOTPair([1.0], [[0.0, 0.0]], [np.eye(2)], [1.0], [[0.0, 0.0, 0.0]], [np.eye(3)], 1.0),
+     "dimension 3, the source has 2"),
+    (lambda: EOTPair([1.0, -1.0], [[0.0], [1.0]], [np.eye(1)] * 2, [1.0], [[0.0]], [np.eye(1)], 1.0),
+     "positive numbers"),
+    (lambda: make_pair(2, 1.0).drift(np.zeros((4, 3)), 0.5), r"shape \(n, 2\)"),
+    (lambda: make_pair(2, 1.0).drift(np.zeros((4, 2)), -0.1), r"\[0, 1\]"),
+])
+def test_bad_parameters_get_clear_errors(call, match):
+    with pytest.raises(SbdiffError, match=match):
+        call()
+
+
+# -- the harness ---------------------------------------------------------------------------------
+def test_cli_bench_exact_writes_a_row(tmp_path, capsys):
+    out = tmp_path / "row.json"
+    assert main(["bench", "eot", "--dim", "2", "--eps", "0.1", "--n-test", "50", "--n-samples", "200",
+                 "--n-marginal", "2000", "--json", str(out), "--quiet"]) == 0
+    row = json.loads(out.read_text())
+    assert row["method"] == "exact" and row["dim"] == 2 and row["eps"] == 0.1
+    assert 0 < row["cbw2_uvp"] < 5 and 0 < row["bw2_uvp"] < 5 and row["n_test"] == 50
+    assert "| eot | exact | 2 | 0.1 |" in capsys.readouterr().out
+
+
+def test_cli_bench_errors(capsys):
+    assert main(["bench", "eot", "--method", "nosuch"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "eot", "--all", "--dim", "2"]) == 2
+    assert "--all" in capsys.readouterr().err
+    assert main(["bench", "gaussian", "--eps", "0"]) == 2
+    assert "--eps" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_torch_thread():
+    # tiny networks: a second thread only adds contention on a shared 2-core machine (measured 10x)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sgm_bench_scores_the_marginal_only(one_torch_thread):
+    row = runner.run_bench("gaussian", "sgm", 2, 1.0, steps=40, n_marginal=500, n_train=2000, nfe=20,
+                           overrides={"model": {"hidden": 32, "blocks": 1}, "train": {"batch_size": 128}})
+    assert row["cbw2_uvp"] is None and "not applicable" in row["cbw2_note"]
+    assert row["train_steps"] == 40 and math.isfinite(row["bw2_uvp"]) and row["bw2_uvp"] > 0
+    assert runner.format_table([row], header=False)[0].startswith("| gaussian | sgm | 2 | 1 | n/a |")
+
+
+def test_bridge_hook_scores_decode_as_the_conditional_plan(monkeypatch):
+    """A method with ``bridges = True`` is scored through ``model.decode`` on source points; here a
+    stand-in whose decode is the exact sampler must score at the noise floor, and one that ignores
+    its input must not."""
+    pair = make_pair(2, 1.0, seed=0)
+
+    class Exact:
+        def __init__(self, shift=None):
+            self.shift = shift
+
+        def decode(self, z, nfe=None, generator=None):
+            x = z.double().numpy()
+            if self.shift is not None:
+                x = np.zeros_like(x)
+            return torch.as_tensor(pair.sample_conditional(x, int(torch.randint(0, 2**31, (1,), generator=generator))))
+
+    def fake_train(model):
+        class Obj:
+            bridges = True
+
+            class config:
+                class sample:
+                    nfe = 10
+
+        class Result:
+            steps, seconds = 1, 0.0
+
+        Result.model = model
+        return lambda *a, **k: (Obj(), Result())
+
+    sizes = dict(n_test=100, n_samples=400, n_marginal=4000)
+    floor = runner.run_bench("eot", "exact", 2, 1.0, **sizes)
+    monkeypatch.setattr(runner, "_train", fake_train(Exact()))
+    good = runner.run_bench("eot", "dsb", 2, 1.0, **sizes)
+    monkeypatch.setattr(runner, "_train", fake_train(Exact(shift=True)))
+    bad = runner.run_bench("eot", "dsb", 2, 1.0, **sizes)
+    assert good["cbw2_note"] is None and good["cbw2_uvp"] < 3 * floor["cbw2_uvp"] + 0.5
+    assert bad["cbw2_uvp"] > 10 * good["cbw2_uvp"]
