@@ -32,7 +32,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -86,18 +86,13 @@ def _write_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
         os.fsync(fh.fileno())
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (and string ``metadata``) to the safetensors file ``path`` atomically.
-
-    The data go to ``.NAME.tmp`` beside ``path``, are flushed to disk, then renamed over ``path``.
-    On any ``OSError`` (full disk, read-only directory, ...) the temporary file is removed, the
-    file previously at ``path`` is untouched, and :class:`CheckpointWriteError` names the problem.
-    """
-    path = Path(path)
+def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on ``.NAME.tmp`` beside ``path`` (it must flush to disk), then rename it
+    over ``path``. On any ``OSError`` the temporary file is removed, the file previously at ``path``
+    is untouched, and :class:`CheckpointWriteError` names the problem."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
-        _write_file(tensors, tmp, metadata)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -112,6 +107,29 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         previous = "the previous file there is intact" if path.exists() else "nothing was written there"
         raise CheckpointWriteError(f"cannot write {path}: {reason}; {previous}") from None
     _fsync_dir(path.parent)
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (and string ``metadata``) to the safetensors file ``path`` atomically.
+
+    The data go to ``.NAME.tmp`` beside ``path``, are flushed to disk, then renamed over ``path``.
+    On any ``OSError`` (full disk, read-only directory, ...) the temporary file is removed, the
+    file previously at ``path`` is untouched, and :class:`CheckpointWriteError` names the problem.
+    """
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_replace(Path(path), lambda tmp: _write_file(tensors, tmp, metadata))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` to ``path`` atomically, as :func:`atomic_save` does (run files such as
+    ``config.toml`` and ``metrics.jsonl`` rewritten on resume)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomic_replace(Path(path), write)
 
 
 # -- nested state <-> (JSON, tensors) ---------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from ._utils import gaussian_log_prob
 from .bench.metrics import sample_metrics
 from .model import PathVAE
 
@@ -24,11 +25,10 @@ def isotropic_gaussian_nll(fit_x: np.ndarray, eval_x: np.ndarray) -> np.ndarray:
     ``fit_x`` ``(N, D)``: ``μ`` the mean image, ``s²`` the mean squared deviation over all pixels;
     ``−log p(x) = D/2·log(2π s²) + ‖x − μ‖²/(2 s²)``. Returns shape ``(M,)``."""
     fit_x = np.asarray(fit_x, np.float64)
-    eval_x = np.asarray(eval_x, np.float64)
     mu = fit_x.mean(0)
     s2 = float(((fit_x - mu) ** 2).mean())
-    D = fit_x.shape[1]
-    return 0.5 * D * math.log(2 * math.pi * s2) + ((eval_x - mu) ** 2).sum(1) / (2 * s2)
+    centred = torch.as_tensor(np.asarray(eval_x, np.float64) - mu)
+    return -gaussian_log_prob(centred, s2).numpy()
 
 
 def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: int = 2000,

@@ -66,8 +66,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._utils import SbdiffError
-from .checkpoint import (CHECKPOINT_FILE, CheckpointWriteError, atomic_save, capture_rng, read_checkpoint,
-                         restore_rng, write_checkpoint, writes_files)
+from .checkpoint import (CHECKPOINT_FILE, CheckpointWriteError, atomic_save, atomic_write_text, capture_rng,
+                         read_checkpoint, restore_rng, write_checkpoint, writes_files)
 from .config import Config, dumps_config, load_config, save_config
 from .data import load_data
 from .methods import make_method
@@ -141,19 +141,6 @@ def save_weights(model: PathVAE, ema: torch.nn.Module, path: Path) -> None:
     atomic_save(tensors, path)
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise SbdiffError(f"cannot write {path}: {err.strerror or err}") from None
-
-
 # -- resume checks --------------------------------------------------------------------------------
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -194,7 +181,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut by the kill
         if isinstance(row, dict) and row.get("step", math.inf) <= step:
             keep.append(line)
-    _write_text_atomic("".join(f"{line}\n" for line in keep), path)
+    atomic_write_text("".join(f"{line}\n" for line in keep), path)
 
 
 def _describe(changes: dict[str, tuple]) -> str:
@@ -530,7 +517,7 @@ def _record_resume(config: Config, run_dir: Path, step: int, changes: dict[str, 
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     if changes:
-        _write_text_atomic(dumps_config(config), run_dir / CONFIG_FILE)
+        atomic_write_text(dumps_config(config), run_dir / CONFIG_FILE)
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": step,
              "changed": {k: [a, b] for k, (a, b) in changes.items()}}
     try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import logsumexp, softmax
 
 from .._utils import SbdiffError
 from ._common import (check_dim, check_eps, check_n, check_points, check_spd, check_times, random_spd,
@@ -44,16 +45,6 @@ __all__ = ["EOTPair", "make_pair", "BENCH_DIMS", "BENCH_EPS"]
 BENCH_DIMS = (2, 16, 64, 128)
 BENCH_EPS = (0.1, 1.0, 10.0)
 _LOG2PI = math.log(2 * math.pi)
-
-
-def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    mx = a.max(axis=axis, keepdims=True)
-    return (mx + np.log(np.exp(a - mx).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def _softmax(a: np.ndarray) -> np.ndarray:
-    e = np.exp(a - a.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _mixture_params(weights, means, covs, what: str):
@@ -139,7 +130,7 @@ class EOTPair:
         arr, _ = to_numpy(x, "x")
         check_points(arr, self.dim)
         logs, _ = self._log_terms(arr, np.full(arr.shape[0], self.eps))
-        return _softmax(logs)
+        return softmax(logs, axis=1)
 
     @single_blas_thread
     def log_potential(self, x, t=0.0):
@@ -148,7 +139,7 @@ class EOTPair:
         check_points(arr, self.dim)
         ts = check_times(t, arr.shape[0])
         logs, _ = self._log_terms(arr, self.eps * (1.0 - ts))
-        return back(_logsumexp(logs, axis=1))
+        return back(logsumexp(logs, axis=1))
 
     @single_blas_thread
     def drift(self, x, t):
@@ -162,7 +153,7 @@ class EOTPair:
         check_points(arr, self.dim)
         ts = check_times(t, arr.shape[0])
         logs, scaled = self._log_terms(arr, self.eps * (1.0 - ts))
-        g = _softmax(logs)  # (n, K)
+        g = softmax(logs, axis=1)  # (n, K)
         grad = np.zeros_like(arr)
         for k in range(len(self._logw)):
             grad -= g[:, k:k + 1] * (scaled[k] @ self._U[k].T)
