@@ -131,8 +131,7 @@ def _write(tmp_path, name, content):
         (lambda p: ["--data", _write(p, "words.csv", "1,2\nthree,4\n")], "non-numeric value in CSV"),
         (lambda p: ["--data", "chekerboard"], "unknown dataset 'chekerboard'"),
         (lambda p: ["--data", "moons", "--config", _write(p, "c.toml", "[train]\nsteps_ = 3\n")], "unknown config key 'train.steps_'"),
-        (lambda p: ["--data", "moons", "--method", "dsb"], "method 'dsb' is not available yet"),
-        (lambda p: ["--data", "moons", "--prior", "moons"], "prior 'moons' is not available yet"),
+        (lambda p: ["--data", "moons", "--prior", "moons"], "needs a bridge method"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, capsys, make, message):

@@ -39,14 +39,13 @@ def test_changing_reference_kind_drops_old_parameters():
         ({"reference": {"kind": "vp", "sigma": 1.0}}, "unknown parameter.*sigma.*for reference 'vp'"),
         ({"reference": {"kind": "foo"}}, "unknown reference 'foo'"),
         ({"method": "gan"}, "unknown method 'gan'"),
-        ({"method": "dsb"}, "not available yet"),
         ({"train": {"lr": -1.0}}, "train.lr must be positive"),
         ({"train": {"steps": 0}}, "set train.steps or train.max_minutes"),
         ({"train": {"ema_decay": 1.0}}, "ema_decay"),
         ({"model": {"t_min": 2.0}}, "t_min"),
         ({"sample": {"ode_solver": "rk45"}}, "ode_solver"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
-        ({"data": {"prior": "moons"}}, "prior 'moons' is not available yet"),
+        ({"data": {"prior": "moons"}}, "needs a bridge method"),
     ],
 )
 def test_bad_configs(raw, message):

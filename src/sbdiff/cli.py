@@ -176,9 +176,13 @@ def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> n
     data = load_data(cfg.data.data, min(cfg.data.n_samples, 5000), cfg.seed + 1)
     samples = model.sample(n_plot, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu().numpy()
     plot_samples(samples, data[:n_plot], result.run_dir / "samples.png", f"{cfg.method} on {cfg.data.data}")
-    traj = model.decode(model.sample_prior(200, generator=gen), nfe=100, ode=True, trajectory=True,
-                        solver=cfg.sample.ode_solver).cpu().numpy()
-    plot_trajectories(traj, result.run_dir / "trajectories.png", "probability-flow ODE paths")
+    chain = model.sde_grid is not None  # DSB: the learned discrete chain itself
+    traj = model.decode(model.sample_prior(200, generator=gen), nfe=100, ode=not chain, trajectory=True,
+                        solver=cfg.sample.ode_solver, generator=gen).cpu().numpy()
+    title = f"decoder chain paths ({len(traj) - 1} steps)" if chain else "probability-flow ODE paths"
+    if model.bridge:
+        title += f", {cfg.data.prior} -> {cfg.data.data}"
+    plot_trajectories(traj, result.run_dir / "trajectories.png", title)
     return samples
 
 
@@ -209,7 +213,7 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
         traj = fn(start, trajectory=True, **kw).numpy()
         _save_npy(traj if model.image_shape is None else traj.reshape(*traj.shape[:2], *model.image_shape),
                   args.trajectory, "--trajectory")
-        end = traj[-1] if direction == "decode" else model.to_model(torch.as_tensor(traj[-1])).numpy()
+        end = traj[-1] if direction == "decode" or model.bridge else model.to_model(torch.as_tensor(traj[-1])).numpy()
     else:
         end = fn(start, **kw).numpy()
     if model.image_shape is not None and direction == "decode":  # data side of an image run: (N, C, H, W)

@@ -73,11 +73,13 @@ from typing import Any
 from ._utils import SbdiffError
 from .references import make_reference
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "load_config",
-           "save_config", "METHODS", "AVAILABLE_METHODS"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "DSBConfig", "VSDMConfig", "SBFBSDEConfig",
+           "load_config", "save_config", "METHODS", "AVAILABLE_METHODS", "BRIDGE_METHODS"]
 
 METHODS = ("sgm", "dsb", "sbfbsde", "vsdm")
-AVAILABLE_METHODS = ("sgm",)
+AVAILABLE_METHODS = ("sgm", "dsb", "vsdm", "sbfbsde")
+#: Methods that can bridge two data sets (``data.prior`` a data set instead of ``gaussian``).
+BRIDGE_METHODS = ("dsb", "sbfbsde")
 
 
 @dataclass
@@ -142,6 +144,69 @@ class SampleConfig:
 
 
 @dataclass
+class DSBConfig:
+    """Settings of ``method = "dsb"`` (DESIGN §4.2; De Bortoli et al. 2021, Alg. 1)."""
+
+    iterations: int = 20         # IPF iterations (each: one decoder and one encoder half-bridge); 0: until the budget ends
+    half_steps: int = 2000       # optimiser steps per half-bridge
+    first_steps: int = 0         # steps of the first decoder half-bridge (iteration 0, the reference's reversal); 0: half_steps
+    num_steps: int = 20          # discretisation steps N of the chains
+    schedule: str = "symmetric"  # symmetric (small steps at both ends) | uniform
+    gamma_ratio: float = 0.1     # symmetric: smallest / largest step
+    cache_size: int = 10000      # trajectories held in the cache
+    cache_refresh: int = 1000    # optimiser steps between cache refreshes (0: once per half-bridge)
+    lr_final: float = 0.05       # the learning rate decays (cosine) to lr_final * train.lr over each half-bridge
+
+
+@dataclass
+class VSDMConfig:
+    """Settings of ``method = "vsdm"`` (DESIGN §4.4; Deng et al. 2024; docs/vsdm.md).
+
+    The encoder ``dX = −½β(t) D_t X dt + √β(t) dW`` starts at ``D = I`` (the VP reference: the first
+    ``warmup`` steps are SGM) and is updated every ``interval`` decoder steps by one stochastic-
+    approximation step ``θ ← θ − η_n ∇J(θ)`` with ``η_n = sa_lr·n^(−sa_decay)`` on the encoder-side loss
+    ``J`` of DESIGN §2 evaluated on ``paths`` decoder trajectories.
+    """
+
+    encoder: str = "auto"        # auto (diagonal for images, full for vectors) | full (D = exp(S), S symmetric) | diagonal
+    time_varying: bool = False   # D_t = I − c(t)(I − D), c(t) = exp(MLP(t)) (the reference code's A_t = A·exp(MLP(t)))
+    warmup: int = 1000           # decoder steps before the first encoder update
+    interval: int = 500          # decoder steps between encoder updates
+    freeze: int = 0              # step from which the encoder stays fixed (0: never)
+    sa_lr: float = 0.5           # first step size η_1 of η_n = sa_lr·n^(−sa_decay), n = 1, 2, … the update count
+    sa_decay: float = 0.6        # 0 (constant) or in (0.5, 1] (Robbins–Monro: Σ η_n = ∞, Σ η_n² < ∞)
+    sa_iters: int = 1            # gradient steps per update on the same decoder paths
+    interact: float = 0.75       # ζ, weight of the divergence term of J (reference code's interact_coef; 1: DESIGN §2 exactly)
+    paths: int = 256             # decoder trajectories per update, started from the reference prior N(0, I)
+    path_steps: int = 100        # stochastic-Heun steps of those trajectories
+    hidden: int = 32             # width of c(t)'s MLP (time_varying)
+
+
+@dataclass
+class SBFBSDEConfig:
+    """Settings of ``method = "sbfbsde"`` (DESIGN §4.3; Chen, Liu, Theodorou 2022; docs/presets.md)."""
+
+    schedule: str = "alternating"  # alternating (half-bridges, SB-FBSDE eqs. 18-19) | joint (eq. 16; Gaussian prior only)
+    iterations: int = 0          # decoder phases (IPF iterations); 0: alternate until the budget ends
+    half_steps: int = 2000       # optimiser steps per phase
+    first_steps: int = 0         # steps of the first decoder phase (the warm start); 0: half_steps (joint: DSM steps before it)
+    encoder_steps: int = 0       # steps per encoder phase; 0: half_steps
+    freeze_encoder: int = 3      # fit the encoder in this many phases only, then the decoder trains to the end; 0: never
+    warm_start: str = "dsm"      # dsm (first decoder phase by DSM with the reference encoder: the SGM preset) | none
+    num_steps: int = 50          # steps K of the time grid of the simulated paths
+    grid: str = "auto"           # auto (uniform for bridges, quadratic for the Gaussian prior) | uniform | quadratic
+    divergence: str = "auto"     # auto (exact for d <= 2, else hutchinson) | exact | hutchinson
+    probes: int = 1              # Rademacher probes per point (hutchinson)
+    weighting: str = "auto"      # decoder loss weight: auto (noise for the Gaussian prior, likelihood for bridges) | likelihood | noise
+    cache_size: int = 2048       # paths in the trajectory cache
+    cache_refresh: int = 250     # steps between cache refreshes; 0: once per phase
+    lr_final: float = 0.1        # the learning rate decays (cosine) to lr_final * train.lr over each phase (open last phase: over half_steps, then stays)
+    freeze: str = "average"      # weights a phase hands on: average (bias-corrected EMA over the phase) | last
+    hidden: int = 128            # width of both MLPs (vectors); 0: model.hidden and model.blocks
+    blocks: int = 2              # residual blocks of both MLPs
+
+
+@dataclass
 class Config:
     method: str = "sgm"
     seed: int = 0
@@ -151,6 +216,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    dsb: DSBConfig = field(default_factory=DSBConfig)
+    vsdm: VSDMConfig = field(default_factory=VSDMConfig)
+    sbfbsde: SBFBSDEConfig = field(default_factory=SBFBSDEConfig)
 
     def validate(self) -> "Config":
         """Check values (not just types); resolve the reference's defaults. Returns ``self``."""
@@ -160,8 +228,9 @@ class Config:
             raise SbdiffError(f"method '{self.method}' is not available yet (available: {', '.join(AVAILABLE_METHODS)})")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise SbdiffError(f"unknown device '{self.device}'; choose cpu, cuda or auto")
-        if self.data.prior != "gaussian":
-            raise SbdiffError(f"prior '{self.data.prior}' is not available yet for method '{self.method}' (use gaussian)")
+        if self.data.prior != "gaussian" and self.method not in BRIDGE_METHODS:
+            raise SbdiffError(f"method '{self.method}' maps data to the Gaussian prior only; a data set as the prior "
+                              f"('{self.data.prior}') needs a bridge method ({', '.join(BRIDGE_METHODS)})")
         params = dict(self.reference)
         kind = params.pop("kind", "vp")
         ref = make_reference(kind, **params)
@@ -182,7 +251,8 @@ class Config:
             raise SbdiffError(f"train.precision must be fp32 or bf16, got '{t.precision}'")
         if not (t.checkpoint_minutes >= 0 and math.isfinite(t.checkpoint_minutes)):
             raise SbdiffError(f"train.checkpoint_minutes must be a finite number >= 0, got {t.checkpoint_minutes}")
-        if t.steps == 0 and t.max_minutes == 0:
+        own_end = self.method == "dsb" and self.dsb.iterations > 0  # the IPF schedule ends by itself
+        if t.steps == 0 and t.max_minutes == 0 and not own_end:
             raise SbdiffError("set train.steps or train.max_minutes: with both 0 training would never stop")
         if not t.lr > 0:
             raise SbdiffError(f"train.lr must be positive, got {t.lr}")
@@ -196,6 +266,14 @@ class Config:
         if not 0 <= m.t_min < ref.T:
             raise SbdiffError(f"model.t_min must lie in [0, T={ref.T}), got {m.t_min}")
         _resolve_images(self)
+        _validate_dsb(self.dsb)
+        for key, value in METHOD_DEFAULTS.get(self.method, {}).items():  # keys still at the generic default
+            section, name = key.split(".")
+            sec = getattr(self, section)
+            if getattr(sec, name) == getattr(type(sec)(), name):
+                setattr(sec, name, value)
+        _validate_vsdm(self)
+        _validate_sbfbsde(self)
         if self.data.n_samples < 2:
             raise SbdiffError(f"data.n_samples must be at least 2, got {self.data.n_samples}")
         if self.sample.nfe < 1:
@@ -212,7 +290,17 @@ class Config:
 # and the key still holds its generic default (an explicit ``data.image_shape`` applies none). A
 # U-Net step costs ~10x an MLP step on CPU: smaller batches buy more steps for the same time, and a
 # shorter EMA horizon (~200 steps) forgets the zero-output initial network within a short budget.
-IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995}
+IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995,
+                  # VSDM's encoder update simulates U-Net paths: 128 x 50 Heun steps (~6 % of the time)
+                  "vsdm.paths": 128, "vsdm.path_steps": 50}
+
+
+# Per-method defaults, applied like IMAGE_DEFAULTS to keys left at their generic default. DSB: each
+# half-bridge is a few thousand steps and its EMA weights are frozen as the next half-bridge's
+# sampler, so the EMA horizon must be short against a phase (0.999 kept ~55 % of the untrained
+# network after 600 steps; measured on the d = 2 Gaussian bridge, the first decoder's coupling
+# error fell from 77 % to 11 %).
+METHOD_DEFAULTS = {"dsb": {"train.ema_decay": 0.99}}
 
 
 def _resolve_images(cfg: "Config") -> None:
@@ -281,7 +369,72 @@ def _resolve_images(cfg: "Config") -> None:
         d.max_value = info.max_value if (info.levels == d.levels or d.dequantize == "none") else float(d.levels - 1)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
+def _validate_dsb(d: DSBConfig) -> None:
+    for name in ("iterations", "first_steps", "cache_refresh"):
+        if getattr(d, name) < 0:
+            raise SbdiffError(f"dsb.{name} must be >= 0, got {getattr(d, name)}")
+    for name in ("half_steps", "num_steps", "cache_size"):
+        if getattr(d, name) < 1:
+            raise SbdiffError(f"dsb.{name} must be at least 1, got {getattr(d, name)}")
+    if d.schedule not in ("symmetric", "uniform"):
+        raise SbdiffError(f"dsb.schedule must be symmetric or uniform, got '{d.schedule}'")
+    if not 0 <= d.lr_final <= 1:
+        raise SbdiffError(f"dsb.lr_final must lie in [0, 1], got {d.lr_final}")
+    if not 0 < d.gamma_ratio <= 1:
+        raise SbdiffError(f"dsb.gamma_ratio must lie in (0, 1], got {d.gamma_ratio}")
+
+
+def _validate_vsdm(cfg: "Config") -> None:
+    """Check ``[vsdm]`` and resolve ``encoder = "auto"`` (after the image keys are resolved)."""
+    v = cfg.vsdm
+    if v.encoder not in ("auto", "full", "diagonal"):
+        raise SbdiffError(f"vsdm.encoder must be auto, full or diagonal, got '{v.encoder}'")
+    if v.encoder == "auto":
+        v.encoder = "diagonal" if cfg.data.image_shape != "none" else "full"
+    for name in ("warmup", "freeze"):
+        if getattr(v, name) < 0:
+            raise SbdiffError(f"vsdm.{name} must be >= 0, got {getattr(v, name)}")
+    for name in ("interval", "sa_iters", "paths", "path_steps", "hidden"):
+        if getattr(v, name) < 1:
+            raise SbdiffError(f"vsdm.{name} must be at least 1, got {getattr(v, name)}")
+    if not (v.sa_lr > 0 and math.isfinite(v.sa_lr)):
+        raise SbdiffError(f"vsdm.sa_lr must be a finite positive number, got {v.sa_lr}")
+    if not (v.sa_decay == 0 or 0.5 < v.sa_decay <= 1):
+        raise SbdiffError(f"vsdm.sa_decay must be 0 (constant step size) or lie in (0.5, 1] (Robbins–Monro), "
+                          f"got {v.sa_decay}")
+    if not 0 <= v.interact <= 1:
+        raise SbdiffError(f"vsdm.interact (zeta) must lie in [0, 1], got {v.interact}")
+    if cfg.method == "vsdm" and cfg.reference.get("kind") != "vp":
+        raise SbdiffError(f"method vsdm needs the VP reference (its encoder is dX = -1/2 beta(t) D_t X dt + "
+                          f"sqrt(beta(t)) dW with the VP beta), got reference.kind = '{cfg.reference.get('kind')}'")
+
+
+def _validate_sbfbsde(cfg: "Config") -> None:
+    """Check ``[sbfbsde]`` (see :class:`SBFBSDEConfig`)."""
+    s = cfg.sbfbsde
+    choices = {"schedule": ("alternating", "joint"), "warm_start": ("dsm", "none"),
+               "grid": ("auto", "uniform", "quadratic"), "divergence": ("auto", "exact", "hutchinson"),
+               "weighting": ("auto", "likelihood", "noise"), "freeze": ("average", "last")}
+    for name, allowed in choices.items():
+        if getattr(s, name) not in allowed:
+            raise SbdiffError(f"sbfbsde.{name} must be {' or '.join(allowed)}, got '{getattr(s, name)}'")
+    for name in ("iterations", "first_steps", "encoder_steps", "freeze_encoder", "cache_refresh", "hidden"):
+        if getattr(s, name) < 0:
+            raise SbdiffError(f"sbfbsde.{name} must be >= 0, got {getattr(s, name)}")
+    for name in ("half_steps", "num_steps", "probes", "cache_size", "blocks"):
+        if getattr(s, name) < 1:
+            raise SbdiffError(f"sbfbsde.{name} must be at least 1, got {getattr(s, name)}")
+    if s.cache_size < 3:
+        raise SbdiffError(f"sbfbsde.cache_size must be at least 3 (the prior-loss estimate needs 3 paths), got {s.cache_size}")
+    if not 0 < s.lr_final <= 1:
+        raise SbdiffError(f"sbfbsde.lr_final must lie in (0, 1], got {s.lr_final}")
+    if cfg.method == "sbfbsde" and s.schedule == "joint" and cfg.data.prior != "gaussian":
+        raise SbdiffError("sbfbsde.schedule = joint needs the Gaussian prior (its loss has log p_T(X_T)); a bridge "
+                          f"to a data set ('{cfg.data.prior}') needs the alternating schedule")
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
+             "dsb": DSBConfig, "vsdm": VSDMConfig, "sbfbsde": SBFBSDEConfig}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -15,7 +15,7 @@ from ._controlled import ControlledSDE
 from ._utils import SbdiffError, append_dims, as_time
 from .references import ReferenceSDE
 
-__all__ = ["Decoder", "ScoreDecoder"]
+__all__ = ["Decoder", "ScoreDecoder", "NeuralDecoder"]
 
 
 class Decoder(ControlledSDE):
@@ -64,3 +64,21 @@ class ScoreDecoder(Decoder):
 
     def control(self, x: Tensor, t: Tensor) -> Tensor:
         return append_dims(self.reference.g(t), x.ndim) * self.score(x, t)
+
+
+class NeuralDecoder(Decoder):
+    """``ẑ_θ(x, t) = net(x, t)``: the control itself is the network (DSB, SB-FBSDE), for encoders
+    whose reversal is not a score of a fixed process (DESIGN §4.2, §4.3).
+
+    Parameters
+    ----------
+    reference : ReferenceSDE
+    net : module ``(x, t) -> (B, d)``
+    """
+
+    def __init__(self, reference: ReferenceSDE, net: Callable[[Tensor, Tensor], Tensor]):
+        super().__init__(reference)
+        self.net = net
+
+    def control(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, t)

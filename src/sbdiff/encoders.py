@@ -13,7 +13,7 @@ from torch import Tensor
 from ._controlled import ControlledSDE
 from ._utils import append_dims
 
-__all__ = ["Encoder", "FixedEncoder"]
+__all__ = ["Encoder", "FixedEncoder", "NeuralEncoder"]
 
 
 class Encoder(ControlledSDE):
@@ -21,6 +21,17 @@ class Encoder(ControlledSDE):
 
     sign = 1.0
     closed_form: bool = False
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """Log density of the Gaussian prior at ``z`` of shape ``(B, d)``; returns ``(B,)``. The
+        reference's ``N(0, prior_var·I)``; an encoder with its own terminal law (VSDM's ``N(0, Σ_T)``)
+        overrides this and :meth:`prior_sampling`."""
+        return self.reference.prior_logp(z)
+
+    def prior_sampling(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
+        """Draws of the Gaussian prior, a tensor of ``shape``."""
+        return self.reference.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
 
 
 class FixedEncoder(Encoder):
@@ -47,3 +58,24 @@ class FixedEncoder(Encoder):
         if noise is None:
             noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
         return mean + append_dims(std, x_s.ndim) * noise, noise, std
+
+
+class NeuralEncoder(Encoder):
+    """``z_φ(x, t) = net(x, t)``: a learned encoder (DSB, SB-FBSDE; DESIGN §4.2, §4.3).
+
+    Its transitions have no closed form; drift matching for its decoder uses simulated paths
+    (mean matching or the divergence form). With a zero-initialised network it starts as the
+    reference (``z_φ = 0``).
+
+    Parameters
+    ----------
+    reference : ReferenceSDE
+    net : module ``(x, t) -> (B, d)``
+    """
+
+    def __init__(self, reference, net):
+        super().__init__(reference)
+        self.net = net
+
+    def control(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, t)

@@ -36,7 +36,8 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
              samples: np.ndarray | None = None, exact: bool | None = None) -> dict[str, float]:
     """Score ``model`` on ``data`` (shape ``(N, d)``, data coordinates).
 
-    Returns a dict with
+    Returns a dict with (likelihoods only when the prior is Gaussian, not for a bridge between two
+    data sets)
     ``nll`` (PF-ODE negative log-likelihood, nats per sample, on ``n_nll`` points),
     ``nll_stderr``, ``nll_bpd`` (bits per dimension), ``nelbo`` (negative path ELBO, nats per sample,
     same points; an upper bound of the SDE model's NLL), ``nelbo_stderr``,
@@ -68,22 +69,23 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
         x = x + step * rng.random(x.shape)
     xt = torch.as_tensor(x, dtype=torch.float32, device=model.data_mean.device)
     start = time.monotonic()
-    nll = -model.log_prob(xt, generator=gen, exact=exact).double()
-    nelbo = -model.elbo(xt, n_time=elbo_time_points, generator=gen, exact=exact).double()
+    out = {}
+    n = len(x)
+    if not model.bridge:  # a bridge's prior is a sample set: no density, no likelihoods
+        nll = -model.log_prob(xt, generator=gen, exact=exact).double()
+        nelbo = -model.elbo(xt, n_time=elbo_time_points, generator=gen, exact=exact).double()
+        out.update({
+            "nll": float(nll.mean()),
+            "nll_stderr": float(nll.std() / math.sqrt(n)),
+            "nll_bpd": float(model.bits_per_dim(nll.mean())),
+            "nelbo": float(nelbo.mean()),
+            "nelbo_stderr": float(nelbo.std() / math.sqrt(n)),
+            "nelbo_bpd": float(model.bits_per_dim(nelbo.mean())),
+            "n_eval": n,
+        })
     if samples is None:
         samples = model.sample(n_samples, nfe=nfe, generator=gen, progress=progress).cpu().numpy()
-    n = len(x)
-    out = {
-        "nll": float(nll.mean()),
-        "nll_stderr": float(nll.std() / math.sqrt(n)),
-        "nll_bpd": float(model.bits_per_dim(nll.mean())),
-        "nelbo": float(nelbo.mean()),
-        "nelbo_stderr": float(nelbo.std() / math.sqrt(n)),
-        "nelbo_bpd": float(model.bits_per_dim(nelbo.mean())),
-        "n_eval": n,
-        "n_samples": len(samples),
-        "nfe": int(nfe),
-    }
+    out.update({"n_samples": len(samples), "nfe": int(nfe)})
     if images:
         fit_x = data + step * rng.random(data.shape) if step > 0 else data
         gauss = isotropic_gaussian_nll(fit_x, x)

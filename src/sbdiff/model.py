@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ._utils import SbdiffError, append_dims, as_time
 from .decoders import Decoder
 from .encoders import Encoder
-from .objectives import path_elbo
+from .objectives import path_elbo, simulated_path_elbo
 from .solvers import ODE_SOLVERS, euler_maruyama, ode_adaptive, ode_fixed, ode_log_det, time_grid
 
 __all__ = ["PathVAE"]
@@ -49,11 +49,21 @@ class PathVAE(nn.Module):
         Width ``Δ`` of one quantisation level in data units (integer-valued images: the data are
         points ``x`` on the grid and the model is a density of ``x + Δu``, ``u ~ U[0,1)^d``);
         0 for continuous data.
+    prior_data : Tensor, shape (M, d), optional
+        Bridge mode: samples of the second data set, the prior at ``t = T``, in data coordinates
+        (a plain attribute, not saved with the weights; :func:`sbdiff.train.load_run` reloads it from
+        ``data.prior``). :meth:`sample_prior` then draws rows of it, and the prior has no density
+        (:meth:`log_prob` and :meth:`elbo` raise).
+    sde_grid : Tensor, shape (N+1,), optional
+        A fixed increasing time grid ``0 = t_0 < … < t_N = T`` on which the SDEs are defined (DSB's
+        discrete chains, DESIGN §4.2): :meth:`decode` and :meth:`encode` then run Euler–Maruyama on it
+        whatever ``nfe`` says (``nfe`` still sets the ODE's steps). Saved as a buffer.
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, dim: int, t_min: float = 1e-3,
                  data_mean: Tensor | None = None, data_scale: Tensor | None = None,
-                 image_shape: tuple[int, int, int] | None = None, dequant_step: float = 0.0):
+                 image_shape: tuple[int, int, int] | None = None, dequant_step: float = 0.0,
+                 prior_data: Tensor | None = None, sde_grid: Tensor | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -72,6 +82,30 @@ class PathVAE(nn.Module):
             raise SbdiffError(f"dequant_step must be >= 0, got {dequant_step}")
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.dequant_step = float(dequant_step)
+        self.prior_data = None
+        if prior_data is not None:
+            self.set_prior_data(prior_data)
+        if sde_grid is not None:
+            grid = torch.as_tensor(sde_grid, dtype=torch.float32)
+            if grid.ndim != 1 or len(grid) < 2 or not bool((grid[1:] > grid[:-1]).all()):
+                raise SbdiffError("sde_grid must be an increasing 1-D grid of at least two times")
+            self.register_buffer("sde_grid", grid.clone())
+        else:
+            self.sde_grid = None
+
+    @property
+    def bridge(self) -> bool:
+        """True when the prior is a second data set (:attr:`prior_data`), not a Gaussian."""
+        return self.prior_data is not None
+
+    def set_prior_data(self, prior_data) -> None:
+        """Use the points ``prior_data`` (``(M, d)``, data coordinates) as the prior (bridge mode)."""
+        prior = torch.as_tensor(prior_data, dtype=torch.float32)
+        if prior.ndim != 2 or prior.shape[1] != self.dim or len(prior) < 1:
+            raise SbdiffError(f"prior data: expected shape (M, {self.dim}), got {tuple(prior.shape)}")
+        if not torch.isfinite(prior).all():
+            raise SbdiffError("prior data: contains NaN or inf")
+        self.prior_data = prior
 
     # -- coordinates --------------------------------------------------------------------------
     def to_model(self, x: Tensor) -> Tensor:
@@ -127,7 +161,17 @@ class PathVAE(nn.Module):
         return f + 0.5 * append_dims(g, y.ndim) * (z - zhat)
 
     def prior_logp(self, y: Tensor) -> Tensor:
-        return self.reference.prior_logp(y)
+        """Log density of the prior at ``y`` (model coordinates, ``(B, d)``); returns ``(B,)``."""
+        if self.bridge:
+            raise SbdiffError("this is a bridge between two data sets: its prior is a sample set without a "
+                              "density, so likelihoods (log_prob, elbo) are not defined")
+        return self.encoder.prior_logp(y)
+
+    def _grid(self, t_start: float, t_end: float, nfe: int, ode: bool, like: Tensor) -> Tensor:
+        if self.sde_grid is not None and not ode:
+            grid = self.sde_grid.to(dtype=like.dtype, device=like.device)
+            return grid.flip(0) if t_start > t_end else grid
+        return time_grid(t_start, t_end, nfe, dtype=like.dtype, device=like.device)
 
     # -- transport ----------------------------------------------------------------------------
     def _integrate(self, y: Tensor, ts: Tensor, sde_drift, *, ode: bool, solver: str,
@@ -147,6 +191,9 @@ class PathVAE(nn.Module):
                progress: bool = False) -> Tensor:
         """Prior side -> data side: the decoder SDE (Euler–Maruyama) or the PF-ODE, from ``T`` to ``t_min``.
 
+        ``z`` are prior-side points in model coordinates (Gaussian prior) or, in bridge mode, in data
+        coordinates (points of the second data set).
+
         Parameters
         ----------
         z : Tensor, shape (N, d)
@@ -161,7 +208,9 @@ class PathVAE(nn.Module):
             Return the path ``(nfe+1, N, d)`` (data coordinates) instead of the end ``(N, d)``.
         """
         z = self._check(z, "decode input")
-        ts = time_grid(self.reference.T, self.t_min, nfe, dtype=z.dtype, device=z.device)
+        if self.bridge:  # the prior side is a data set: its points come in data coordinates
+            z = self.to_model(z)
+        ts = self._grid(self.reference.T, self.t_min, nfe, ode, z)
         out = self._integrate(z, ts, self.decoder.drift, ode=ode, solver=solver, trajectory=trajectory,
                               generator=generator, progress=progress)
         return self.to_data(out)
@@ -173,18 +222,33 @@ class PathVAE(nn.Module):
         """Data side -> prior side: the encoder SDE or the PF-ODE, from ``t_min`` to ``T``.
 
         ``x`` has shape ``(N, d)`` in data coordinates; returns prior-side points ``(N, d)`` in model
-        coordinates, or the path ``(nfe+1, N, d)`` in data coordinates when ``trajectory``.
+        coordinates (bridge mode: data coordinates), or the path ``(nfe+1, N, d)`` in data
+        coordinates when ``trajectory``.
         """
         y = self.to_model(self._check(x, "encode input"))
-        ts = time_grid(self.t_min, self.reference.T, nfe, dtype=y.dtype, device=y.device)
+        ts = self._grid(self.t_min, self.reference.T, nfe, ode, y)
         out = self._integrate(y, ts, self.encoder.drift, ode=ode, solver=solver, trajectory=trajectory,
                               generator=generator, progress=progress)
-        return self.to_data(out) if trajectory else out
+        return self.to_data(out) if trajectory or self.bridge else out
 
     def sample_prior(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` draws of the prior, shape ``(n, d)`` (model coordinates)."""
-        return self.reference.prior_sampling((int(n), self.dim), generator=generator,
-                                             device=self.data_mean.device)
+        """``n`` draws of the prior, shape ``(n, d)``, in the coordinates :meth:`decode` takes: the
+        Gaussian prior in model coordinates, or in bridge mode rows of :attr:`prior_data` drawn with
+        replacement, in data coordinates (:meth:`prior_model_points` gives model coordinates in
+        both modes)."""
+        device = self.data_mean.device
+        if self.bridge:
+            if len(self.prior_data) == 0:
+                raise SbdiffError("this bridge run's prior data file is missing: give start points instead "
+                                  "(sbdiff decode --from FILE)")
+            idx = torch.randint(0, len(self.prior_data), (int(n),), generator=generator, device=device)
+            return self.prior_data.to(device)[idx]
+        return self.encoder.prior_sampling((int(n), self.dim), generator=generator, device=device)
+
+    def prior_model_points(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws of the prior in model coordinates, shape ``(n, d)`` (both modes)."""
+        z = self.sample_prior(n, generator=generator)
+        return self.to_model(z) if self.bridge else z
 
     @torch.no_grad()
     def sample(self, n: int, **kwargs) -> Tensor:
@@ -213,12 +277,19 @@ class PathVAE(nn.Module):
     def elbo(self, x: Tensor, *, n_time: int = 64, exact: bool | None = None, batch_size: int = 250,
              generator: torch.Generator | None = None) -> Tensor:
         """Path ELBO (nats) at data points ``x`` of shape ``(N, d)``; returns ``(N,)``; a lower bound
-        of the decoder SDE's log-likelihood (see :func:`sbdiff.objectives.path_elbo`)."""
+        of the decoder SDE's log-likelihood (see :func:`sbdiff.objectives.path_elbo`; encoders without
+        closed-form transitions, e.g. SB-FBSDE's neural encoder, simulate their paths:
+        :func:`sbdiff.objectives.simulated_path_elbo`, ``n_time`` integrand evaluations per path)."""
         x = self._check(x, "elbo input")
         out = []
+        closed = getattr(self.encoder, "closed_form", False)
         for chunk in torch.split(x, batch_size):
-            e = path_elbo(self.encoder, self.decoder, self.prior_logp, self.to_model(chunk),
-                          t_min=self.t_min, n_time=n_time, exact=exact, generator=generator)
+            if closed:
+                e = path_elbo(self.encoder, self.decoder, self.prior_logp, self.to_model(chunk),
+                              t_min=self.t_min, n_time=n_time, exact=exact, generator=generator)
+            else:
+                e = simulated_path_elbo(self.encoder, self.decoder, self.prior_logp, self.to_model(chunk),
+                                        t_min=self.t_min, n_time=n_time, exact=exact, generator=generator)
             out.append(e - self.log_scale)
         return torch.cat(out)
 

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_samples", "plot_trajectories", "image_grid", "save_image_grid", "plot_image_paths"]
+__all__ = ["plot_samples", "plot_trajectories", "plot_path_comparison", "image_grid", "save_image_grid",
+           "plot_image_paths"]
 
 
 def _lims(*arrays: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -56,6 +57,33 @@ def plot_trajectories(traj: np.ndarray, path: str | Path, title: str = "", n_pat
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_path_comparison(trajs: dict[str, np.ndarray], path: str | Path, *, data: np.ndarray | None = None,
+                         n_paths: int = 150, title: str = "") -> None:
+    """Probability-flow paths of several models side by side, one panel each, on common axes (e.g. SGM
+    against VSDM on anisotropic data). ``trajs`` maps a panel title to paths ``(K+1, N, 2)`` from the
+    prior side (index 0) to the data side (index K), data coordinates; ``data`` ``(M, 2)`` is drawn
+    faintly behind."""
+    items = [(name, np.asarray(t)[:, :n_paths, :2]) for name, t in trajs.items()]
+    fig, axes = plt.subplots(1, len(items), figsize=(5.0 * len(items), 5.0), sharex=True, sharey=True, squeeze=False)
+    xl, yl = _lims(*(t for _, t in items), *(() if data is None else (np.asarray(data)[:, :2],)))
+    for ax, (name, traj) in zip(axes[0], items):
+        if data is not None:
+            ax.scatter(data[:, 0], data[:, 1], s=0.5, alpha=0.15, color="0.5", zorder=1)
+        ax.plot(traj[:, :, 0], traj[:, :, 1], lw=0.5, alpha=0.5, color="C2", zorder=2)
+        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, color="C0", label="prior side", zorder=3)
+        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, color="C3", label="data side", zorder=3)
+        ax.set_xlim(*xl)
+        ax.set_ylim(*yl)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=10)
+    axes[0][0].legend(loc="upper right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

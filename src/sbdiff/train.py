@@ -315,7 +315,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     writer = run_dir is not None and writes_files()
     if data is None:
         data = load_data(config.data.data, config.data.n_samples, config.seed)
-    fingerprint = _data_fingerprint(data)
+    prior = load_prior(config, data.shape[1])
+    fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]))
     tc = config.train
 
     ckpt = changes = None
@@ -328,11 +329,12 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         _on_writer(env, writer, prepare)
 
     torch.manual_seed(config.seed)
-    model = method.build(data).to(device)
+    model = method.build(data, prior).to(device)
     x = model.to_model(torch.as_tensor(data, dtype=torch.float32, device=device))
     params = method.trainable(model)
     opt = torch.optim.Adam(params, lr=tc.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(tc.warmup, 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(tc.warmup, 1)) * method.lr_factor(s))
     ema = make_ema(model, tc.ema_decay)
     if tc.compile:
         _compile_networks(model)
@@ -352,7 +354,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     if ckpt is not None:
         meta = _restore(ckpt, model, ema, opt, sched, method, config, run_dir)
         step, elapsed0, last = meta["step"], meta["elapsed_s"], meta["last"]
-        sums, count = meta["log_sums"], meta["log_count"]
+        sums = {k: tuple(v) if isinstance(v, list) else (v, meta["log_count"]) for k, v in meta["log_sums"].items()}
+        count = meta["log_count"]
         skipped, streak = meta["skipped"], meta["streak"]
         resumed_from = step
     if resume and writer:  # the checkpoint fits: record the resume, cut the log back to its step
@@ -360,7 +363,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         _truncate_metrics(run_dir / METRICS_FILE, step)
 
     budget = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
-    max_steps = tc.steps if tc.steps > 0 else None
+    max_steps = min([n for n in (tc.steps, method.max_steps()) if n], default=None)
     ckpt_path = run_dir / CHECKPOINT_FILE if writer else None
     metrics_fh = open(run_dir / METRICS_FILE, "a") if writer else None
     bar = tqdm(total=max_steps, initial=step, desc=f"train {config.method}", disable=None if progress else True,
@@ -406,6 +409,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                 if reason is not None:
                     stopped_by = reason
                     break
+                with torch.no_grad():
+                    method.begin_step(model, ema.module, step)
                 idx_gen = distributed.step_generator(config.seed, step, 0, device)
                 idx = torch.randint(0, x.shape[0], (tc.batch_size,), generator=idx_gen, device=device)
                 opt.zero_grad(set_to_none=True)
@@ -430,8 +435,9 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                     ema.update_parameters(model)
                     streak = 0
                     count += 1
-                    for k, v in zip(names, values.tolist()):
-                        sums[k] = sums.get(k, 0.0) + v
+                    for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
+                        total, n = sums.get(k, (0.0, 0))
+                        sums[k] = (total + v, n + 1)
                 else:  # skip: no optimiser, scheduler or EMA update
                     opt.zero_grad(set_to_none=True)
                     skipped += 1
@@ -440,7 +446,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                         raise nonfinite_error(bad)
                 bar.update(1)
                 if step % tc.log_every == 0 or step == max_steps:
-                    last = {"step": step, **{k: v / count for k, v in sums.items()}}
+                    last = {"step": step, **{k: total / n for k, (total, n) in sums.items()}}
                     if "prior_loss" not in last and writer:
                         last["prior_loss"] = float(method.prior_loss(model, x[idx], gen))
                     last["lr"] = sched.get_last_lr()[0]
@@ -457,7 +463,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                     if "loss" in last:
                         bar.set_postfix(loss=f"{last['loss']:.4f}")
                     sums, count = {}, 0
-                if writer and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or
+                if writer and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or method.checkpoint_due(step) or
                                (tc.checkpoint_minutes and time.monotonic() - saved_at >= 60 * tc.checkpoint_minutes)):
                     save_checkpoint()
             if stopped_by == "signal":
@@ -484,6 +490,23 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
             raise CheckpointWriteError(f"{err}; the training state is in {ckpt_path}, write the weights with: "
                                        f"sbdiff train --resume {run_dir}") from None
     return TrainResult(ema_model, run_dir, step, seconds, stopped_by, last, skipped, resumed_from)
+
+
+def load_prior(config: Config, dim: int, *, required: bool = True) -> np.ndarray | None:
+    """Bridge mode: the prior-side data set named by ``data.prior`` (a built-in name or a file),
+    shape ``(M, dim)``; ``None`` for the Gaussian prior. With ``required=False`` a missing file gives
+    ``None`` (a saved run whose prior file is gone can still decode given points)."""
+    spec = config.data.prior
+    if spec == "gaussian":
+        return None
+    from .data import BUILTIN
+
+    if not required and spec not in BUILTIN and not Path(spec).is_file():
+        return None
+    prior = load_data(spec, config.data.n_samples, config.seed + 7)
+    if prior.shape[1] != dim:
+        raise SbdiffError(f"prior data {spec} has dimension {prior.shape[1]}, the data {config.data.data} has {dim}")
+    return prior
 
 
 def _open_resume(config: Config, run_dir: Path | None, fingerprint: str, allow: bool):
@@ -583,6 +606,9 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str = "cpu") -> t
     if "data_mean" not in state:
         raise SbdiffError(f"{run_dir / WEIGHTS_FILE} does not hold a sbdiff model")
     dim = state["data_mean"].shape[0]
-    model = make_method(config).build(np.zeros((2, dim)))
+    prior = load_prior(config, dim, required=False)
+    model = make_method(config).build(np.zeros((2, dim)), prior)
+    if config.data.prior != "gaussian" and prior is None:  # bridge run whose prior file is gone
+        model.prior_data = torch.empty(0, dim)
     model.load_state_dict(state)
     return config, model.to(resolve_device(device)).eval()

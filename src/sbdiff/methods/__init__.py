@@ -9,11 +9,14 @@ from __future__ import annotations
 from .._utils import SbdiffError
 from ..config import AVAILABLE_METHODS, METHODS, Config
 from .base import Method
+from .dsb import DSB
+from .sbfbsde import SBFBSDE
 from .sgm import SGM
+from .vsdm import VSDM
 
-__all__ = ["Method", "SGM", "make_method"]
+__all__ = ["Method", "SGM", "DSB", "VSDM", "SBFBSDE", "make_method"]
 
-_REGISTRY: dict[str, type[Method]] = {"sgm": SGM}
+_REGISTRY: dict[str, type[Method]] = {"sgm": SGM, "dsb": DSB, "vsdm": VSDM, "sbfbsde": SBFBSDE}
 
 
 def make_method(config: Config) -> Method:

@@ -31,9 +31,36 @@ class Method:
     def __init__(self, config: Config):
         self.config = config
 
-    def build(self, data: np.ndarray) -> PathVAE:
-        """A fresh model for data of shape ``(N, d)`` (data coordinates; used for the standardisation)."""
+    def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
+        """A fresh model for data of shape ``(N, d)`` (data coordinates; used for the standardisation).
+
+        ``prior``: bridge mode (``data.prior`` a data set; :data:`~sbdiff.config.BRIDGE_METHODS`), the
+        prior-side samples ``(M, d)`` in data coordinates, kept as ``PathVAE.prior_data``."""
         raise NotImplementedError
+
+    # -- hooks of the training loop (defaults: a stateless method with one optimiser) --------------
+    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+        """Called before optimiser step ``step`` (0-based, the count of steps done), on every rank,
+        outside autograd: switch half-bridges, refresh trajectory caches, update parameters that are
+        not optimised by the loop's optimiser. ``ema_model`` holds the averaged weights. Randomness
+        must come from generators seeded by ``(config.seed, step, …)``
+        (:func:`sbdiff.distributed.step_generator` with streams ``>= 1000``), so that a resumed run
+        repeats it."""
+
+    def max_steps(self) -> int | None:
+        """Steps after which the method's own schedule is complete (``None``: no limit); training
+        stops at the smaller of this and ``train.steps``."""
+        return None
+
+    def lr_factor(self, step: int) -> float:
+        """Factor on ``train.lr`` at step ``step`` (after the warm-up), e.g. a decay within each
+        half-bridge; 1 by default."""
+        return 1.0
+
+    def checkpoint_due(self, step: int) -> bool:
+        """True when a checkpoint should be written after step ``step`` (e.g. the end of a
+        half-bridge), besides the loop's regular cadence."""
+        return False
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Losses on a batch ``(B, d)`` in model coordinates.

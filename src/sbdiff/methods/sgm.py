@@ -60,7 +60,7 @@ class SGM(Method):
 
     name = "sgm"
 
-    def build(self, data: np.ndarray) -> PathVAE:
+    def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         cfg = self.config
         params = dict(cfg.reference)
         reference = make_reference(params.pop("kind"), **params)

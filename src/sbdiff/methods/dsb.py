@@ -1,0 +1,299 @@
+"""DSB: Diffusion Schrödinger Bridge by iterative proportional fitting with mean matching (DESIGN §4.2).
+
+De Bortoli, Thornton, Heng, Doucet, NeurIPS 2021 (seed ``002_…``), Algorithm 1, as the
+``neural / mean_matching / alternating`` preset of the path VAE. Both SDEs live on a fixed grid
+``0 = t_0 < t_1 < … < t_N = T`` with steps ``γ_k = t_k − t_{k−1}`` (:func:`dsb_grid`):
+
+* encoder chain (data -> prior):  ``X_k = F_k(X_{k−1}) + σ_k ξ``,
+  ``F_k(x) = x + γ_k [f + g z_φ](x, t_{k−1})``, ``σ_k = √γ_k g(t_{k−1})``;
+* decoder chain (prior -> data):  ``X_{k−1} = B_k(X_k) + σ'_k ξ``,
+  ``B_k(x) = x − γ_k [f − g ẑ_θ](x, t_k)``, ``σ'_k = √γ_k g(t_k)``.
+
+These are exactly the Euler–Maruyama steps of the :class:`~sbdiff.model.PathVAE`'s encoder and
+decoder on that grid, so ``decode``/``encode`` of the trained model run the learned chains.
+
+IPF iteration ``n`` (:class:`~sbdiff.methods._schedule.HalfBridgeSchedule`):
+
+1. decoder half-bridge: simulate the frozen encoder from the data and fit ``B^n`` by mean matching,
+   ``B_k(X_k) ≈ X_k + F_k(X_{k−1}) − F_k(X_k)`` (De Bortoli et al. 2021, Prop. 3: the backward
+   kernel's mean, to ``O(γ²)``);
+2. encoder half-bridge: simulate the frozen decoder from the prior and fit ``F^{n+1}`` the same way
+   with the roles swapped, ``F_k(X_{k−1}) ≈ X_{k−1} + B_k(X_k) − B_k(X_{k−1})``.
+
+Iteration 0's encoder is the reference (``z_φ = 0``, a zero-initialised network), so its decoder
+is a score model fitted by mean matching. The regression residuals are divided by the step's noise
+scale ``σ_k``: each step then weighs as its term of the path KL between Gaussian chains, and the
+loss per coordinate is ≈ 1 at the optimum (the target's own noise) — ``drift_matching`` (decoder
+phases) and ``encoder_matching`` (encoder phases) are logged so, with their floor ``d``.
+
+Simulated chains are cached (``dsb.cache_size`` paths, refreshed every ``dsb.cache_refresh``
+steps) from a snapshot of the frozen network's EMA weights taken when its half-bridge ended; each
+phase warm-starts from its network's previous weights. A cache is seeded by the step it was drawn
+at, so a resumed run redraws it exactly. A checkpoint is written at the end of every half-bridge.
+
+Modes: generative (``data.prior = "gaussian"``, default reference VP) and bridge (``data.prior`` a
+second data set at ``t = T``; use the reference ``brownian(eps)`` on ``[0, 1]``, where the SB is the
+entropic OT plan with cost ``½‖x − y‖²`` and weight ``eps``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._utils import SbdiffError, append_dims
+from ..config import Config
+from ..decoders import NeuralDecoder
+from ..distributed import step_generator
+from ..encoders import NeuralEncoder
+from ..model import PathVAE
+from ..references import make_reference
+from ._schedule import HalfBridgeSchedule, Phase
+from .base import Method
+from .sgm import build_network, data_scaling
+
+__all__ = ["DSB", "dsb_grid", "gaussian_fit_kl"]
+
+_CACHE_STREAM = 1000
+
+
+def dsb_grid(T: float, num_steps: int, schedule: str = "symmetric", gamma_ratio: float = 0.1) -> Tensor:
+    """Time grid ``(N+1,)`` float64 from 0 to ``T``.
+
+    ``symmetric``: step sizes rise linearly from ``γ_min`` to ``γ_max = γ_min/gamma_ratio`` over the
+    first half and fall back over the second (De Bortoli et al. 2021 §5; their ``gamma_space =
+    linspace``), scaled so that ``Σγ = T``: small steps at the data side, where the score is
+    sharpest, and at the prior side. ``uniform``: ``γ = T/N``.
+    """
+    if num_steps < 1:
+        raise SbdiffError(f"dsb.num_steps must be at least 1, got {num_steps}")
+    if schedule == "uniform" or num_steps < 3:
+        gammas = np.full(num_steps, 1.0)
+    elif schedule == "symmetric":
+        half = np.linspace(gamma_ratio, 1.0, (num_steps + 1) // 2)
+        gammas = np.concatenate([half, half[: num_steps // 2][::-1]])
+    else:
+        raise SbdiffError(f"dsb.schedule must be symmetric or uniform, got '{schedule}'")
+    gammas = gammas / gammas.sum() * T
+    grid = np.concatenate([[0.0], np.cumsum(gammas)])
+    grid[-1] = T
+    return torch.as_tensor(grid, dtype=torch.float64)
+
+
+def gaussian_fit_kl(samples: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
+    """``KL(N(m̂, Ĉ) ‖ N(mean, cov))`` with ``m̂, Ĉ`` the moments of ``samples`` ``(B, d)`` (a
+    Gaussian-moment proxy of the prior loss for a data-set prior; nats, scalar)."""
+    x = samples.double()
+    m = x.mean(0)
+    xc = x - m
+    c = xc.T @ xc / max(len(x) - 1, 1)
+    d = x.shape[1]
+    cov = cov.double()
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+    L = torch.linalg.cholesky(cov + 1e-9 * eye)
+    c = c + 1e-9 * eye
+    inv_c = torch.cholesky_solve(c, L)
+    diff = torch.cholesky_solve((m - mean.double())[:, None], L)[:, 0]
+    kl = 0.5 * (torch.diagonal(inv_c).sum() + ((m - mean.double()) * diff).sum() - d
+                + 2 * torch.log(torch.diagonal(L)).sum() - torch.linalg.slogdet(c)[1])
+    return kl.float()
+
+
+class DSB(Method):
+    """Neural encoder and decoder / mean matching / alternating half-bridges (IPF)."""
+
+    name = "dsb"
+    bridges = True
+    ddp_find_unused_parameters = True  # one network gets no gradient in each half-bridge
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        c = config.dsb
+        self.schedule = HalfBridgeSchedule(c.iterations, c.half_steps, c.first_steps)
+        self._phase: Phase | None = None       # the phase the cache and the frozen snapshot belong to
+        self._frozen_state: dict | None = None  # EMA weights of the frozen network of that phase
+        self._frozen: torch.nn.Module | None = None
+        self._cache: dict | None = None
+        self._cache_step: int | None = None
+        self._prior_loss: float | None = None
+
+    # -- model -----------------------------------------------------------------------------------
+    def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
+        cfg = self.config
+        params = dict(cfg.reference)
+        reference = make_reference(params.pop("kind"), **params)
+        if data.ndim != 2:
+            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape}")
+        dim = data.shape[1]
+        mean, scale, step = data_scaling(cfg, data)
+        grid = dsb_grid(reference.T, cfg.dsb.num_steps, cfg.dsb.schedule, cfg.dsb.gamma_ratio)
+        model = PathVAE(NeuralEncoder(reference, build_network(cfg, dim, reference.T)),
+                        NeuralDecoder(reference, build_network(cfg, dim, reference.T)), dim, 0.0,
+                        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
+                        image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=grid)
+        self._data = torch.as_tensor(data, dtype=torch.float32)
+        return model
+
+    def max_steps(self) -> int | None:
+        return self.schedule.total_steps()
+
+    def lr_factor(self, step: int) -> float:
+        """Cosine decay from 1 to ``dsb.lr_final`` over each half-bridge: the mean-matching targets
+        are noisy (variance ``σ_k²`` per step), and a decaying rate averages the noise out before
+        the network is frozen for the next half-bridge."""
+        phase = self.schedule.phase(step)
+        frac = min(max((step - phase.start) / max(phase.end - phase.start, 1), 0.0), 1.0)
+        final = self.config.dsb.lr_final
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def checkpoint_due(self, step: int) -> bool:
+        return step == self.schedule.phase(step - 1).end if step > 0 else False
+
+    def trained_network(self, model: PathVAE, role: str) -> torch.nn.Module:
+        return model.decoder.net if role == "decoder" else model.encoder.net
+
+    # -- schedule: snapshots and caches ----------------------------------------------------------
+    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+        phase = self.schedule.phase(step)
+        if self._phase != phase:
+            if self._phase is None and self._frozen_state is not None and self._frozen_state["index"] == phase.index:
+                pass  # resumed inside this phase: the restored snapshot is the right one
+            else:  # a new half-bridge: freeze the other network at its EMA weights
+                other = "encoder" if phase.role == "decoder" else "decoder"
+                net = self.trained_network(ema_model, other)
+                self._frozen_state = {"index": phase.index,
+                                      "weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+            self._phase = phase
+            self._frozen = None
+            self._cache = None
+        refresh = self.config.dsb.cache_refresh or (phase.end - phase.start)
+        due = phase.start + (step - phase.start) // refresh * refresh
+        if self._cache is None or self._cache_step != due:
+            self._fill_cache(model, phase, due)
+
+    def _frozen_net(self, model: PathVAE, role: str) -> torch.nn.Module:
+        if self._frozen is None:
+            net = copy.deepcopy(self.trained_network(model, role))
+            net.load_state_dict(self._frozen_state["weights"])
+            self._frozen = net.requires_grad_(False).eval()
+        return self._frozen
+
+    def _fill_cache(self, model: PathVAE, phase: Phase, step: int) -> None:
+        """Simulate ``dsb.cache_size`` chains of the frozen network with randomness seeded by ``step``."""
+        device = model.data_mean.device
+        gen = step_generator(self.config.seed, step, _CACHE_STREAM, device)
+        n = self.config.dsb.cache_size
+        ts = model.sde_grid.to(device)
+        if phase.role == "decoder":  # encoder chains from the data
+            idx = torch.randint(0, len(self._data), (n,), generator=gen, device=device)
+            x = model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=gen)
+            net = self._frozen_net(model, "encoder")
+            xs, outs = self._chain(model, net, x, ts, gen, forward=True)
+            end = xs[-1]
+        else:  # decoder chains from the prior
+            x = model.prior_model_points(n, generator=gen)
+            net = self._frozen_net(model, "decoder")
+            xs, outs = self._chain(model, net, x, ts, gen, forward=False)
+            end = None
+        self._cache = {"x": xs, "out": outs}
+        self._cache_step = step
+        if end is not None:  # the frozen encoder's X_T: how far it is from the prior
+            if model.bridge:
+                prior = model.to_model(model.prior_data.to(device)).double()
+                pc = prior - prior.mean(0)
+                self._prior_loss = float(gaussian_fit_kl(end, prior.mean(0), pc.T @ pc / (len(prior) - 1)))
+            else:
+                var = model.reference.prior_var()
+                d = end.shape[1]
+                eye = torch.eye(d, dtype=torch.float64, device=device)
+                self._prior_loss = float(gaussian_fit_kl(end, torch.zeros(d, dtype=torch.float64, device=device),
+                                                         var * eye))
+
+    @staticmethod
+    def _step_mean(model: PathVAE, net, x: Tensor, t: Tensor, gamma: Tensor, forward: bool) -> Tensor:
+        """``F_k(x) = x + γ[f + g·net](x, t)`` (forward) or ``B_k(x) = x − γ[f − g·net](x, t)``."""
+        f, g = model.reference.sde(x, t)
+        drift = f + append_dims(g, x.ndim) * net(x, t) if forward else f - append_dims(g, x.ndim) * net(x, t)
+        return x + drift * gamma if forward else x - drift * gamma
+
+    def _chain(self, model: PathVAE, net, x: Tensor, ts: Tensor, gen, forward: bool) -> tuple[Tensor, Tensor]:
+        """Chains of the frozen network and the mean-matching offsets.
+
+        Forward (encoder from data): ``xs[k] = X_k`` for ``k = 0..N``, ``outs[k−1] = F_k(X_{k−1}) − F_k(X_k)``.
+        Backward (decoder from the prior): ``xs[k] = X_k`` likewise, ``outs[k−1] = B_k(X_k) − B_k(X_{k−1})``.
+        Shapes ``(N+1, n, d)`` and ``(N, n, d)``.
+        """
+        N = len(ts) - 1
+        n = x.shape[0]
+        xs = torch.empty((N + 1, *x.shape), dtype=x.dtype, device=x.device)
+        outs = torch.empty((N, *x.shape), dtype=x.dtype, device=x.device)
+        ks = range(1, N + 1) if forward else range(N, 0, -1)
+        xs[0 if forward else N] = x
+        for k in ks:
+            t = ts[k - 1] if forward else ts[k]
+            tb = t.to(x.dtype).expand(n)
+            gamma = float(ts[k] - ts[k - 1])
+            sigma = math.sqrt(gamma) * float(model.reference.g(t.reshape(1).double()))
+            mean_old = self._step_mean(model, net, x, tb, gamma, forward)
+            x = mean_old + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+            outs[k - 1] = mean_old - self._step_mean(model, net, x, tb, gamma, forward)
+            xs[k if forward else k - 1] = x
+        return xs, outs
+
+    # -- losses ----------------------------------------------------------------------------------
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Mean matching on ``batch.shape[0]`` (step, path) pairs of the cache (the data batch itself
+        is not used: the cache holds the frozen network's chains)."""
+        phase = self._phase
+        if phase is None or self._cache is None:
+            raise SbdiffError("DSB.losses called before begin_step: the training loop sets up the cache")
+        xs, outs = self._cache["x"], self._cache["out"]
+        N, n = outs.shape[0], outs.shape[1]
+        B = batch.shape[0]
+        k = torch.randint(1, N + 1, (B,), generator=generator, device=xs.device)
+        m = torch.randint(0, n, (B,), generator=generator, device=xs.device)
+        ts = model.sde_grid.to(device=xs.device, dtype=xs.dtype)
+        gamma = ts[k] - ts[k - 1]
+        out = outs[k - 1, m]
+        if phase.role == "decoder":  # B_k(X_k) − X_k ≈ F_k(X_{k−1}) − F_k(X_k)
+            x, t = xs[k, m], ts[k]
+            f, g = model.reference.sde(x, t)
+            pred = -append_dims(gamma, x.ndim) * (f - append_dims(g, x.ndim) * model.decoder.net(x, t))
+            key = "drift_matching"
+        else:  # F_k(X_{k−1}) − X_{k−1} ≈ B_k(X_k) − B_k(X_{k−1})
+            x, t = xs[k - 1, m], ts[k - 1]
+            f, g = model.reference.sde(x, t)
+            pred = append_dims(gamma, x.ndim) * (f + append_dims(g, x.ndim) * model.encoder.net(x, t))
+            key = "encoder_matching"
+        sigma = torch.sqrt(gamma) * g
+        loss = ((pred - out) / append_dims(sigma, x.ndim)).pow(2).reshape(B, -1).sum(1).mean()
+        res = {"loss": loss, key: loss.detach(),
+               "ipf_iteration": torch.tensor(float(phase.iteration), device=loss.device)}
+        if self._prior_loss is not None:
+            res["prior_loss"] = torch.tensor(self._prior_loss, device=loss.device)
+        return res
+
+    @torch.no_grad()
+    def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.tensor(float("nan") if self._prior_loss is None else self._prior_loss)
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self._frozen_state is None:
+            return {}
+        return {"frozen_index": self._frozen_state["index"], "frozen": dict(self._frozen_state["weights"]),
+                "prior_loss": self._prior_loss if self._prior_loss is not None else float("nan")}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self._frozen_state = {"index": int(state["frozen_index"]), "weights": dict(state["frozen"])}
+        pl = float(state["prior_loss"])
+        self._prior_loss = None if math.isnan(pl) else pl
+        self._phase = None
+        self._frozen = None
+        self._cache = None

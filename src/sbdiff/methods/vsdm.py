@@ -1,0 +1,276 @@
+"""VSDM: the path VAE with a linear encoder learned by stochastic approximation (DESIGN §4.4).
+
+Deng, Luo, Tan, Biloš, Chen, Nevmyvaka, Chen, *Variational Schrödinger Diffusion Models*, ICML 2024
+(seed ``003_…``); reference code WayneDW/Variational_Schrodinger_Diffusion_Model. The preset is
+linear encoder / DSM / alternating (DESIGN §2):
+
+* **Decoder** (every step, the loop's Adam): denoising score matching with the exact multivariate
+  transition ``q(x_t | x_0) = N(M_t x_0, Σ_t)`` of the current encoder (estimator 1,
+  :func:`~sbdiff.objectives.dsm_loss`, noise prediction weighted by ``Σ_t``; Deng et al. eq. 15),
+  simulation-free. With ``D = I`` this is the VP SGM exactly (same transition, same loss).
+* **Encoder** (:meth:`VSDM.begin_step`, after ``vsdm.warmup`` steps and then every ``vsdm.interval``
+  steps): one stochastic-approximation update of the variational score ``A_t = ½(I − D_t)``,
+
+      ``θ_{n+1} = θ_n − η_n ∇_θ J(θ_n; X^{(n)})``,   ``η_n = sa_lr · n^{−sa_decay}``
+
+  (Deng et al. 2024, Alg. 1 and the step-size conditions of their convergence theorem:
+  ``Σ η_n = ∞``, ``Σ η_n² < ∞``), where ``X^{(n)}`` are fresh decoder trajectories from the
+  reference prior ``N(0, I)`` and ``J`` is the encoder-side loss of DESIGN §2 (the SB-FBSDE forward
+  loss, Chen et al. 2022 eq. 18, used by the reference code's ``compute_sb_nll_alternate_train``):
+
+      ``J(θ) = E_P ∫₀ᵀ [½‖z_θ‖² + z_θᵀ ẑ + ζ g ∇·z_θ] dt``,
+
+  with ``ẑ`` the decoder's control recorded along the paths. The encoder's control is linear,
+  ``z_θ = g G_t x`` with ``G_t = A_t``, so its divergence is exact, ``g∇·z_θ = β tr G_t``, and ``J``
+  depends on the paths only through the second moments ``E[x xᵀ]`` and ``E[ẑ xᵀ]`` at each time
+  (:func:`path_moments`): the update costs one decoder simulation. ``ζ = vsdm.interact`` weights the
+  divergence term (``interact_coef``, 0.75 in the reference code; ``ζ = 1`` is DESIGN §2 exactly).
+* **Prior** ``N(0, Σ_T)`` of the current encoder (:meth:`LinearEncoder.prior_sampling`), for
+  sampling and likelihoods; the paths that drive the update start from the reference prior
+  ``N(0, I)``, as in the reference code, so that the update pulls the encoder's terminal law towards it
+  (IPF's forward half-step).
+
+The encoder's parameters are not optimised by the loop (``requires_grad = False``; excluded from
+:meth:`trainable` and from DDP's gradient reduction); the update evaluates ``G_t`` at leaf copies
+through ``torch.func.functional_call``. After each update the new encoder is copied into the EMA
+model, so the averaged decoder is always paired with the encoder the live decoder is training
+against. The step-size schedule is a function of the step number, so a resumed run repeats it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._utils import SbdiffError, append_dims
+from ..config import Config
+from ..distributed import step_generator
+from ..linear_encoder import LinearEncoder, LinearScoreDecoder
+from ..model import PathVAE
+from ..objectives import gaussian_moment_kl
+from ..references import make_reference
+from ..solvers import time_grid
+from .sgm import SGM, build_network, data_scaling
+
+__all__ = ["VSDM", "path_moments", "encoder_loss"]
+
+#: Stream of :func:`~sbdiff.distributed.step_generator` for the decoder paths of an encoder update.
+SA_STREAM = 1000
+#: Truncation of the stochastic approximation (Andrieu, Moulines, Priouret 2005): the eigenvalues of
+#: ``D`` stay in ``[1/D_BOUND, D_BOUND]`` (projection after each step) and one gradient
+#: step changes no parameter by more than ``MAX_STEP`` (in ``log D`` units; the step is scaled down).
+#: Neither binds on a healthy run; they keep a decoder that is still poor from throwing ``D`` to 0 or ∞.
+D_BOUND = 100.0
+MAX_STEP = 1.0
+
+
+def _project(log_d: Tensor, family: str) -> Tensor:
+    """Project the parameter of ``log D`` so that the eigenvalues of ``D`` lie in
+    ``[1/D_BOUND, D_BOUND]`` (unchanged when they already do)."""
+    bound = math.log(D_BOUND)
+    if family == "diagonal":
+        return log_d.clamp(-bound, bound)
+    S = 0.5 * (log_d + log_d.T)
+    mu, U = torch.linalg.eigh(S)
+    if bool((mu.abs() <= bound).all()):
+        return log_d
+    return (U * mu.clamp(-bound, bound)) @ U.T
+
+
+@torch.no_grad()
+def path_moments(model: PathVAE, n_paths: int, n_steps: int, generator: torch.Generator,
+                 diagonal: bool = False) -> dict[str, Tensor]:
+    """Simulate ``n_paths`` decoder paths from the reference prior ``N(0, I)`` and return the moments
+    that the encoder-side loss needs at the times ``t_k = T − k h``, ``h = (T − t_min)/n_steps``,
+    ``k = 0, …, n_steps − 1``.
+
+    The paths follow the decoder SDE ``dX = [f − g ẑ] dt + g dW̄`` backward with the stochastic Heun
+    scheme (additive noise: weak order 2, Kloeden & Platen 1992 §15.1): the loss depends on the paths
+    only through their time marginals, and Euler–Maruyama's bias at ``β h`` of order 0.1–1 (it
+    inflates the variance of an OU chain by ``1/(1 − βh/4)``) would otherwise drive the update.
+
+    Returns a dict with ``t`` (``(K,)``), ``w`` (``(K,)``, the Riemann weights ``h``), ``xx`` = ``E[x xᵀ]``
+    and ``zx`` = ``E[ẑ xᵀ]`` at each ``t_k`` (``(K, d, d)``; with ``diagonal`` only the diagonals,
+    ``(K, d)``), and ``zz`` = ``Σ_k w_k E‖ẑ_k‖²`` (scalar).
+    """
+    ref, dec = model.reference, model.decoder
+    device, dtype = model.data_mean.device, model.data_mean.dtype
+    x = ref.prior_sampling((n_paths, model.dim), generator=generator, dtype=dtype, device=device)
+    ts = time_grid(ref.T, model.t_min, n_steps, power=1.0, dtype=dtype, device=device)
+    xx, zx, zz = [], [], x.new_zeros(())
+
+    def drift(y, t):
+        zhat = dec.control(y, t)
+        f, g = ref.sde(y, t)
+        return f - append_dims(g, y.ndim) * zhat, zhat
+
+    for k in range(n_steps):
+        t = ts[k].expand(n_paths)
+        h = ts[k + 1] - ts[k]  # negative: backward in time
+        b, zhat = drift(x, t)
+        if diagonal:
+            xx.append((x * x).mean(0))
+            zx.append((zhat * x).mean(0))
+        else:
+            xx.append(x.T @ x / n_paths)
+            zx.append(zhat.T @ x / n_paths)
+        zz = zz + (-h) * zhat.pow(2).sum(1).mean()
+        if k == n_steps - 1:
+            break  # x at t_min is not used
+        t1 = ts[k + 1].expand(n_paths)
+        dw = torch.sqrt(-h) * torch.randn(x.shape, generator=generator, dtype=dtype, device=device)
+        g0, g1 = ref.g(t[:1]), ref.g(t1[:1])
+        x_pred = x + b * h + g0 * dw
+        b1, _ = drift(x_pred, t1)
+        x = x + 0.5 * (b + b1) * h + 0.5 * (g0 + g1) * dw
+    return {"t": ts[:-1], "w": (ts[:-1] - ts[1:]), "xx": torch.stack(xx), "zx": torch.stack(zx), "zz": zz}
+
+
+def encoder_loss(gain: Tensor, moments: dict[str, Tensor], g: Tensor, zeta: float) -> Tensor:
+    """The encoder-side loss ``J = Σ_k w_k E[½‖z‖² + zᵀẑ + ζ g ∇·z]`` for the linear control
+    ``z = g_k G_k x`` (DESIGN §2; SB-FBSDE forward loss), from the path moments (:func:`path_moments`).
+
+    With ``X = E[x xᵀ]``, ``Y = E[ẑ xᵀ]``: ``E½‖z‖² = ½g² tr(G X Gᵀ)``, ``E zᵀẑ = g Σ_ij G_ij Y_ij``,
+    ``g∇·z = g² tr G`` (exact: the divergence of a linear field).
+
+    Parameters
+    ----------
+    gain : Tensor
+        ``G_k`` at the path times: ``(K, d, d)``, or ``(K, d)`` for a diagonal encoder.
+    moments : dict from :func:`path_moments` (matching layout).
+    g : Tensor, shape (K,)
+        ``g(t_k)``.
+    zeta : float
+        Weight of the divergence term.
+
+    Returns
+    -------
+    Tensor
+        Scalar.
+    """
+    w, xx, zx = moments["w"], moments["xx"], moments["zx"]
+    if gain.ndim == 3:
+        quad = ((gain @ xx) * gain).sum((1, 2))
+        cross = (gain * zx).sum((1, 2))
+        trace = torch.diagonal(gain, dim1=1, dim2=2).sum(1)
+    else:
+        quad = (gain.pow(2) * xx).sum(1)
+        cross = (gain * zx).sum(1)
+        trace = gain.sum(1)
+    per_time = 0.5 * g**2 * quad + g * cross + zeta * g**2 * trace
+    return (w * per_time).sum()
+
+
+class VSDM(SGM):
+    """Linear encoder (stochastic approximation) / DSM decoder / alternating (module docstring)."""
+
+    name = "vsdm"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        #: diagnostics of the last encoder update, logged with every step's losses (and checkpointed)
+        self._last: dict[str, float] = {}
+
+    def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
+        cfg, v = self.config, self.config.vsdm
+        params = dict(cfg.reference)
+        kind = params.pop("kind")
+        if kind != "vp":
+            raise SbdiffError(f"method vsdm needs the VP reference, got '{kind}'")
+        reference = make_reference(kind, **params)
+        if data.ndim != 2:
+            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape}")
+        dim = data.shape[1]
+        family = v.encoder if v.encoder != "auto" else ("diagonal" if cfg.data.shape() is not None else "full")
+        encoder = LinearEncoder(reference, dim, family, time_varying=v.time_varying, hidden=v.hidden)
+        encoder.requires_grad_(False)  # updated by stochastic approximation in begin_step, not by the loop
+        net = build_network(cfg, dim, reference.T)
+        mean, scale, step = data_scaling(cfg, data)
+        return PathVAE(encoder, LinearScoreDecoder(encoder, net, "noise"), dim, cfg.model.t_min,
+                       torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
+                       image_shape=cfg.data.shape(), dequant_step=step)
+
+    def trainable(self, model: PathVAE) -> list[torch.nn.Parameter]:
+        """The decoder's parameters (the encoder is updated in :meth:`begin_step`)."""
+        return [p for p in model.decoder.parameters() if p.requires_grad]
+
+    # -- the encoder's schedule ---------------------------------------------------------------------
+    def update_index(self, step: int) -> int:
+        """``n >= 1`` when an encoder update happens before optimiser step ``step``, else 0."""
+        v = self.config.vsdm
+        if step < v.warmup or (v.freeze and step >= v.freeze) or (step - v.warmup) % v.interval:
+            return 0
+        return (step - v.warmup) // v.interval + 1
+
+    def step_size(self, n: int) -> float:
+        """``η_n = sa_lr · n^{−sa_decay}``."""
+        v = self.config.vsdm
+        return v.sa_lr * n ** (-v.sa_decay)
+
+    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+        n = self.update_index(step)
+        if not n:
+            return
+        v = self.config.vsdm
+        enc = model.encoder
+        gen = step_generator(self.config.seed, step, SA_STREAM, model.data_mean.device)
+        diagonal = enc.family == "diagonal"
+        mom = path_moments(model, v.paths, v.path_steps, gen, diagonal=diagonal)
+        g = model.reference.g(mom["t"])
+        eta = self.step_size(n)
+        names = [k for k, _ in enc.named_parameters()]
+        theta = {k: p.detach().clone() for k, p in enc.named_parameters()}
+        loss0 = None
+        with torch.enable_grad():
+            for _ in range(v.sa_iters):
+                leaves = {k: p.requires_grad_(True) for k, p in theta.items()}
+                gain = torch.func.functional_call(enc, leaves, (mom["t"],))
+                loss = encoder_loss(gain, mom, g, v.interact)
+                grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+                if loss0 is None:
+                    loss0 = float(loss.detach())
+                if not math.isfinite(float(loss.detach())) or not all(gr is None or bool(torch.isfinite(gr).all())
+                                                             for gr in grads):
+                    self._last = {**self._last, "sa_skipped": self._last.get("sa_skipped", 0.0) + 1.0}
+                    return  # a non-finite update is dropped (the encoder keeps its value)
+                steps = {k: eta * gr for k, gr in zip(names, grads) if gr is not None}
+                largest = max((float(st.abs().max()) for st in steps.values()), default=0.0)
+                shrink = min(1.0, MAX_STEP / largest) if largest > 0 else 1.0
+                theta = {k: (leaves[k] - shrink * steps[k] if k in steps else leaves[k]).detach() for k in names}
+                theta["log_d"] = _project(theta["log_d"], enc.family)
+        with torch.no_grad():
+            for k, p in enc.named_parameters():
+                p.copy_(theta[k])
+            for p_ema, p in zip(ema_model.encoder.parameters(), enc.parameters()):
+                p_ema.copy_(p)  # the averaged decoder is paired with the current encoder
+            lam = enc.spectrum()[1]
+            self._last = {**self._last, "sa_loss": loss0 + float(mom["zz"]) / 2, "sa_updates": float(n),
+                          "sa_lr": eta, "d_min": float(lam.min()), "d_max": float(lam.max())}
+
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """SGM's DSM loss (with this encoder's transitions) plus the last encoder update's diagnostics:
+        ``sa_loss`` (``J + ½E∫‖ẑ‖²``, the forward half-bridge's path KL up to a constant), ``d_min``,
+        ``d_max`` (extreme eigenvalues of ``D``), ``sa_lr`` and ``sa_updates``."""
+        out = super().losses(model, batch, generator)
+        for k, val in self._last.items():
+            out[k] = torch.tensor(val, dtype=out["loss"].dtype, device=out["loss"].device)
+        return out
+
+    @torch.no_grad()
+    def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """Gaussian-moment KL of the encoder's ``X_T`` (drawn in closed form from the batch) against the
+        prior ``N(0, Σ_T)``, computed after whitening by ``Σ_T`` (KL is invariant under the map)."""
+        enc = model.encoder
+        x_T, _, _ = enc.sample_transition(batch, 0.0, model.reference.T, generator=generator)
+        U, lam = spec = enc.spectrum()
+        _, v = enc.coeffs(0.0, model.reference.T, x_T[:1], spec)
+        return gaussian_moment_kl(enc.to_eig(x_T, U) / torch.sqrt(v), 1.0)
+
+    def state_dict(self) -> dict:
+        return {"last": dict(self._last)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._last = {k: float(v) for k, v in dict(state.get("last", {})).items()}
