@@ -95,3 +95,26 @@ def test_trajectory_shapes_and_endpoints(gauss2d):
         assert torch.allclose(traj[0], model.to_data(z))
     end = model.decode(z, nfe=20, ode=True)
     assert torch.allclose(traj[-1], end)
+
+
+def test_euler_maruyama_noise_at_the_lower_end_of_backward_steps():
+    """``noise_at = "lower"``: a backward step from ``t_{k+1}`` to ``t_k`` takes its noise scale at
+    ``t_k`` (the forward step's), a forward step at its start; with zero drift and ``g(t) = t`` the
+    path's increments are ``t_k·√Δ·ξ`` with the same draws ``ξ``."""
+    from sbdiff.solvers import euler_maruyama
+
+    ts = torch.tensor([1.0, 0.6, 0.3, 0.1, 0.0], dtype=torch.float64)
+    x0 = torch.zeros(3, 2, dtype=torch.float64)
+    drift = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    paths = {}
+    for where in ("start", "lower"):
+        paths[where] = euler_maruyama(drift, lambda t: t, x0, ts, generator=torch.Generator().manual_seed(0),
+                                      noise_at=where, noise_last=True, trajectory=True)
+    xi = torch.diff(paths["start"], dim=0) / (ts[:-1] * torch.diff(ts).abs().sqrt())[:, None, None]
+    expect = (ts[1:] * torch.diff(ts).abs().sqrt())[:, None, None] * xi
+    torch.testing.assert_close(torch.diff(paths["lower"], dim=0), expect)
+    forward = euler_maruyama(drift, lambda t: t + 1, x0, ts.flip(0), generator=torch.Generator().manual_seed(0),
+                             noise_at="lower", noise_last=True)
+    plain = euler_maruyama(drift, lambda t: t + 1, x0, ts.flip(0), generator=torch.Generator().manual_seed(0),
+                           noise_last=True)
+    torch.testing.assert_close(forward, plain)

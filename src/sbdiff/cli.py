@@ -17,8 +17,9 @@ import torch
 
 from . import __version__
 from ._utils import SbdiffError
-from .config import METHODS, Config, config_from_dict, load_config
+from .config import Config, config_from_dict, load_config
 from .data import load_data, on_checkerboard
+from .methods import METHODS
 
 EXIT_USAGE = 2
 
@@ -258,6 +259,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(model, data, n_nll=n_nll, nfe=nfe, seed=args.seed, samples=samples)
     if checkerboard:
         res["on_checkerboard"] = float(on_checkerboard(samples).mean())
+    if model.bridge:
+        print(f"eval: no nll / nelbo: {cfg.data.prior} -> {cfg.data.data} is a bridge between two data sets, and "
+              "its prior is a sample set without a density; reporting sample metrics only", file=sys.stderr)
     if args.json:
         _write_json(res, args.json)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))

@@ -74,12 +74,7 @@ from ._utils import SbdiffError
 from .references import make_reference
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "DSBConfig", "VSDMConfig", "SBFBSDEConfig",
-           "load_config", "save_config", "METHODS", "AVAILABLE_METHODS", "BRIDGE_METHODS"]
-
-METHODS = ("sgm", "dsb", "sbfbsde", "vsdm")
-AVAILABLE_METHODS = ("sgm", "dsb", "vsdm", "sbfbsde")
-#: Methods that can bridge two data sets (``data.prior`` a data set instead of ``gaussian``).
-BRIDGE_METHODS = ("dsb", "sbfbsde")
+           "load_config", "save_config"]
 
 
 @dataclass
@@ -222,15 +217,15 @@ class Config:
 
     def validate(self) -> "Config":
         """Check values (not just types); resolve the reference's defaults. Returns ``self``."""
-        if self.method not in METHODS:
-            raise SbdiffError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
-        if self.method not in AVAILABLE_METHODS:
-            raise SbdiffError(f"method '{self.method}' is not available yet (available: {', '.join(AVAILABLE_METHODS)})")
+        from .methods import REGISTRY, method_class  # the one registry of methods (it imports this module)
+
+        cls = method_class(self.method)
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise SbdiffError(f"unknown device '{self.device}'; choose cpu, cuda or auto")
-        if self.data.prior != "gaussian" and self.method not in BRIDGE_METHODS:
+        if self.data.prior != "gaussian" and not cls.bridges:
+            bridges = ", ".join(name for name, c in REGISTRY.items() if c.bridges)
             raise SbdiffError(f"method '{self.method}' maps data to the Gaussian prior only; a data set as the prior "
-                              f"('{self.data.prior}') needs a bridge method ({', '.join(BRIDGE_METHODS)})")
+                              f"('{self.data.prior}') needs a bridge method ({bridges})")
         params = dict(self.reference)
         kind = params.pop("kind", "vp")
         ref = make_reference(kind, **params)
@@ -251,8 +246,7 @@ class Config:
             raise SbdiffError(f"train.precision must be fp32 or bf16, got '{t.precision}'")
         if not (t.checkpoint_minutes >= 0 and math.isfinite(t.checkpoint_minutes)):
             raise SbdiffError(f"train.checkpoint_minutes must be a finite number >= 0, got {t.checkpoint_minutes}")
-        own_end = self.method == "dsb" and self.dsb.iterations > 0  # the IPF schedule ends by itself
-        if t.steps == 0 and t.max_minutes == 0 and not own_end:
+        if t.steps == 0 and t.max_minutes == 0 and not cls.schedule_ends(self):
             raise SbdiffError("set train.steps or train.max_minutes: with both 0 training would never stop")
         if not t.lr > 0:
             raise SbdiffError(f"train.lr must be positive, got {t.lr}")
@@ -267,7 +261,7 @@ class Config:
             raise SbdiffError(f"model.t_min must lie in [0, T={ref.T}), got {m.t_min}")
         _resolve_images(self)
         _validate_dsb(self.dsb)
-        for key, value in METHOD_DEFAULTS.get(self.method, {}).items():  # keys still at the generic default
+        for key, value in cls.defaults.items():  # keys still at the generic default
             section, name = key.split(".")
             sec = getattr(self, section)
             if getattr(sec, name) == getattr(type(sec)(), name):
@@ -295,12 +289,6 @@ IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995,
                   "vsdm.paths": 128, "vsdm.path_steps": 50}
 
 
-# Per-method defaults, applied like IMAGE_DEFAULTS to keys left at their generic default. DSB: each
-# half-bridge is a few thousand steps and its EMA weights are frozen as the next half-bridge's
-# sampler, so the EMA horizon must be short against a phase (0.999 kept ~55 % of the untrained
-# network after 600 steps; measured on the d = 2 Gaussian bridge, the first decoder's coupling
-# error fell from 77 % to 11 %).
-METHOD_DEFAULTS = {"dsb": {"train.ema_decay": 0.99}}
 
 
 def _resolve_images(cfg: "Config") -> None:

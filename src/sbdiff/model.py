@@ -182,7 +182,9 @@ class PathVAE(nn.Module):
             if solver == "dopri5":
                 return ode_adaptive(self.velocity, y, ts, trajectory=trajectory)
             return ode_fixed(self.velocity, y, ts, method=solver, trajectory=trajectory, progress=progress)
-        return euler_maruyama(sde_drift, self.reference.g, y, ts, generator=generator,
+        # on a fixed chain grid (DSB) a step's noise is the forward chain's step's: g at its data-side end
+        noise_at = "lower" if self.sde_grid is not None else "start"
+        return euler_maruyama(sde_drift, self.reference.g, y, ts, generator=generator, noise_at=noise_at,
                               trajectory=trajectory, progress=progress)
 
     @torch.no_grad()

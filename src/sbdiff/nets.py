@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._utils import as_time
 
-__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "make_ema"]
+__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "make_ema", "update_ema"]
 
 
 class TimeEmbedding(nn.Module):
@@ -253,3 +253,18 @@ class UNet(nn.Module):
 def make_ema(module: nn.Module, decay: float) -> AveragedModel:
     """Exponential moving average of ``module``'s parameters (``torch.optim.swa_utils``)."""
     return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, module: nn.Module, frozen: tuple[str, ...] = ()) -> None:
+    """One EMA update of ``ema`` towards ``module``, leaving the entries whose state-dict names start
+    with a prefix in ``frozen`` as they are (a network frozen by an alternating schedule keeps its
+    averaged weights: they are the snapshot the other network trains against)."""
+    if not frozen:
+        ema.update_parameters(module)
+        return
+    state = ema.module.state_dict()
+    kept = {k: v.clone() for k, v in state.items() if k.startswith(frozen)}
+    ema.update_parameters(module)
+    for k, v in kept.items():
+        state[k].copy_(v)

@@ -54,14 +54,17 @@ def euler_maruyama(
     *,
     generator: torch.Generator | None = None,
     noise_last: bool = False,
+    noise_at: str = "start",
     trajectory: bool = False,
     progress: bool = False,
 ) -> Tensor:
     """Euler–Maruyama for ``dX = drift(X, t) dt + g(t) dW`` along the grid ``ts``.
 
-    One step: ``x ← x + drift(x, t_k)·Δ + g(t_k)·√|Δ|·ξ`` with ``Δ = t_{k+1} − t_k`` (negative for a
-    backward SDE read in forward time, Anderson 1982). The last step adds no noise unless
-    ``noise_last`` (it returns the final mean, as in Song et al. 2021).
+    One step: ``x ← x + drift(x, t_k)·Δ + g(s)·√|Δ|·ξ`` with ``Δ = t_{k+1} − t_k`` (negative for a
+    backward SDE read in forward time, Anderson 1982) and ``s = t_k`` (``noise_at = "start"``) or
+    ``s = min(t_k, t_{k+1})`` (``"lower"``: the data-side end of the step, so that a backward chain's
+    step ``k`` has the noise of the forward chain's step ``k``, as DSB's mean matching assumes). The
+    last step adds no noise unless ``noise_last`` (it returns the final mean, as in Song et al. 2021).
 
     Parameters
     ----------
@@ -83,7 +86,8 @@ def euler_maruyama(
         x = x + drift(x, t) * dt
         if k < steps - 1 or noise_last:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + append_dims(diffusion(t), x.ndim) * abs(dt) ** 0.5 * noise
+            s = t if noise_at == "start" or dt > 0 else _bt(ts[k + 1], x)
+            x = x + append_dims(diffusion(s), x.ndim) * abs(dt) ** 0.5 * noise
         if trajectory:
             path.append(x)
     return torch.stack(path) if trajectory else x

@@ -72,7 +72,7 @@ from .config import Config, dumps_config, load_config, save_config
 from .data import load_data
 from .methods import make_method
 from .model import PathVAE
-from .nets import UNet, TimeMLP, make_ema
+from .nets import UNet, TimeMLP, make_ema, update_ema
 
 __all__ = ["fit", "resume_run", "load_run", "resolve_device", "TrainResult", "TrainingInterrupted",
            "config_changes", "FREE_KEYS"]
@@ -432,7 +432,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                 if bad is None:
                     opt.step()
                     sched.step()
-                    ema.update_parameters(model)
+                    update_ema(ema, model, method.frozen(step - 1))
                     streak = 0
                     count += 1
                     for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
@@ -461,7 +461,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                             raise SbdiffError(f"cannot write {run_dir / METRICS_FILE}: {err.strerror or err}; "
                                               f"continue with: sbdiff train --resume {run_dir}") from None
                     if "loss" in last:
-                        bar.set_postfix(loss=f"{last['loss']:.4f}")
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", **method.progress_info(step - 1))
                     sums, count = {}, 0
                 if writer and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or method.checkpoint_due(step) or
                                (tc.checkpoint_minutes and time.monotonic() - saved_at >= 60 * tc.checkpoint_minutes)):

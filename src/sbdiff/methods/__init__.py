@@ -7,22 +7,28 @@ A method builds a :class:`~sbdiff.model.PathVAE` for the data and supplies its l
 from __future__ import annotations
 
 from .._utils import SbdiffError
-from ..config import AVAILABLE_METHODS, METHODS, Config
+from ..config import Config
 from .base import Method
 from .dsb import DSB
 from .sbfbsde import SBFBSDE
 from .sgm import SGM
 from .vsdm import VSDM
 
-__all__ = ["Method", "SGM", "DSB", "VSDM", "SBFBSDE", "make_method"]
+__all__ = ["Method", "SGM", "DSB", "VSDM", "SBFBSDE", "REGISTRY", "METHODS", "method_class", "make_method"]
 
-_REGISTRY: dict[str, type[Method]] = {"sgm": SGM, "dsb": DSB, "vsdm": VSDM, "sbfbsde": SBFBSDE}
+#: The one registry of methods: ``config.method`` names a key; the class's attributes (``bridges``,
+#: ``defaults``, ``schedule_ends``) are what :meth:`sbdiff.config.Config.validate` reads.
+REGISTRY: dict[str, type[Method]] = {"sgm": SGM, "dsb": DSB, "sbfbsde": SBFBSDE, "vsdm": VSDM}
+METHODS = tuple(REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``."""
+    if name not in REGISTRY:
+        raise SbdiffError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+    return REGISTRY[name]
 
 
 def make_method(config: Config) -> Method:
     """The method object named by ``config.method``."""
-    if config.method not in METHODS:
-        raise SbdiffError(f"unknown method '{config.method}'; choose from {', '.join(METHODS)}")
-    if config.method not in _REGISTRY:
-        raise SbdiffError(f"method '{config.method}' is not available yet (available: {', '.join(AVAILABLE_METHODS)})")
-    return _REGISTRY[config.method](config)
+    return method_class(config.method)(config)

@@ -1,4 +1,6 @@
-"""The interface every method implements for the shared training loop."""
+"""The interface every method implements for the shared training loop, and the model builders the
+methods share (the reference from the config, the network for the data's shape, the map to model
+coordinates)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,54 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._utils import SbdiffError
 from ..config import Config
+from ..data import ImageScaling, Standardizer
 from ..model import PathVAE
+from ..nets import TimeMLP, UNet
+from ..references import make_reference
+
+__all__ = ["Method", "build_network", "check_flat", "data_scaling"]
+
+
+def check_flat(data: np.ndarray) -> int:
+    """The dimension ``d`` of flat data ``(N, d)``; any other rank is refused."""
+    if data.ndim != 2:
+        raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape} (images are flattened "
+                          "by sbdiff.data.load_data; set data.image_shape to rebuild them)")
+    return data.shape[1]
+
+
+def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
+    """The network chosen by the data's shape (``model.net = auto``): a :class:`~sbdiff.nets.UNet`
+    for images (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.TimeMLP` for
+    vectors. Both map ``(B, dim)`` to ``(B, dim)``."""
+    m, shape = config.model, config.data.shape()
+    kind = m.net if m.net != "auto" else ("unet" if shape is not None else "mlp")
+    if kind == "unet":
+        if shape is None:
+            raise SbdiffError("model.net = unet needs image data (data.image_shape = CxHxW)")
+        if shape[0] * shape[1] * shape[2] != dim:
+            raise SbdiffError(f"data.image_shape {config.data.image_shape} does not match the data's dimension {dim}")
+        return UNet(shape, m.unet_channels, m.mult(), m.unet_res_blocks, m.unet_attention, m.time_dim, T,
+                    m.unet_dropout)
+    return TimeMLP(dim, m.hidden, m.blocks, m.time_dim, T)
+
+
+def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(mean, scale, Δ)`` of the map to model coordinates: per-coordinate standardisation for
+    vectors (``data.normalize``), one scalar affine map onto ``[−1, 1]`` for images with the
+    dequantisation width ``Δ`` (:class:`~sbdiff.data.ImageScaling`; ``Δ = 0``: no dequantisation)."""
+    d = config.data
+    dim = data.shape[1]
+    shape = d.shape()
+    if shape is None:
+        std = Standardizer.fit(data, d.normalize)
+        return std.mean, std.scale, 0.0
+    if shape[0] * shape[1] * shape[2] != dim:
+        raise SbdiffError(f"data.image_shape {d.image_shape} does not match the data's dimension {dim}")
+    scaling = ImageScaling(d.levels if d.dequantize == "uniform" else 0, d.max_value)
+    return np.full(dim, scaling.center), np.full(dim, scaling.scale), scaling.step
 
 
 class Method:
@@ -27,9 +75,23 @@ class Method:
     #: looks for unused parameters. Do not toggle ``requires_grad`` during training: DDP fixes the
     #: set of reduced parameters when it wraps the model.
     ddp_find_unused_parameters = False
+    #: Config defaults of this method, ``{"section.key": value}``, applied by
+    #: :meth:`~sbdiff.config.Config.validate` to keys left at their generic default.
+    defaults: dict = {}
 
     def __init__(self, config: Config):
         self.config = config
+
+    @classmethod
+    def schedule_ends(cls, config: Config) -> bool:
+        """True when the method's own schedule ends training (:meth:`max_steps` not ``None``), so that
+        neither ``train.steps`` nor ``train.max_minutes`` is needed."""
+        return False
+
+    def make_reference(self):
+        """The reference SDE named by ``config.reference`` (:func:`sbdiff.references.make_reference`)."""
+        params = dict(self.config.reference)
+        return make_reference(params.pop("kind"), **params)
 
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         """A fresh model for data of shape ``(N, d)`` (data coordinates; used for the standardisation).
@@ -56,6 +118,17 @@ class Method:
         """Factor on ``train.lr`` at step ``step`` (after the warm-up), e.g. a decay within each
         half-bridge; 1 by default."""
         return 1.0
+
+    def frozen(self, step: int) -> tuple[str, ...]:
+        """State-dict prefixes of the :class:`~sbdiff.model.PathVAE` (e.g. ``"encoder."``) frozen in
+        step ``step``: the method's losses give them no gradient (so the optimiser keeps their
+        weights and Adam state: a warm start when their turn comes) and the loop's EMA does not move
+        them (their averaged weights stay the snapshot the other network trains against)."""
+        return ()
+
+    def progress_info(self, step: int) -> dict[str, str]:
+        """Extra fields of the progress bar at step ``step`` (e.g. the IPF iteration)."""
+        return {}
 
     def checkpoint_due(self, step: int) -> bool:
         """True when a checkpoint should be written after step ``step`` (e.g. the end of a

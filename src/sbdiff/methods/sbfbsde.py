@@ -72,11 +72,9 @@ from ..model import PathVAE
 from ..nets import TimeMLP
 from ..objectives import (divergence_matching, dsm_loss, gaussian_kl_estimate, importance_times,
                           simulate_controlled)
-from ..references import make_reference
 from ..solvers import time_grid
 from ._schedule import Phase
-from .base import Method
-from .sgm import build_network, data_scaling
+from .base import Method, build_network, check_flat, data_scaling
 
 __all__ = ["SBFBSDE", "SBFBSDESchedule", "training_grid"]
 
@@ -234,11 +232,8 @@ class SBFBSDE(Method):
     # -- model ------------------------------------------------------------------------------------
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         cfg = self.config
-        params = dict(cfg.reference)
-        reference = make_reference(params.pop("kind"), **params)
-        if data.ndim != 2:
-            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape}")
-        dim = data.shape[1]
+        reference = self.make_reference()
+        dim = check_flat(data)
         dec_net = self._network(dim, reference.T)  # first: initialised as the SGM preset's network
         encoder = NeuralEncoder(reference, self._network(dim, reference.T))
         decoder = NeuralDecoder(reference, dec_net) if self.bridge_mode else ScoreDecoder(reference, dec_net, "noise")

@@ -11,48 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import SbdiffError
-from ..config import Config
-from ..data import ImageScaling, Standardizer
 from ..decoders import ScoreDecoder
 from ..encoders import FixedEncoder
 from ..model import PathVAE
-from ..nets import TimeMLP, UNet
 from ..objectives import dsm_loss, gaussian_moment_kl, importance_times
-from ..references import make_reference
-from .base import Method
-
-
-def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
-    """The network chosen by the data's shape (``model.net = auto``): a :class:`~sbdiff.nets.UNet`
-    for images (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.TimeMLP` for
-    vectors. Both map ``(B, dim)`` to ``(B, dim)``."""
-    m, shape = config.model, config.data.shape()
-    kind = m.net if m.net != "auto" else ("unet" if shape is not None else "mlp")
-    if kind == "unet":
-        if shape is None:
-            raise SbdiffError("model.net = unet needs image data (data.image_shape = CxHxW)")
-        if shape[0] * shape[1] * shape[2] != dim:
-            raise SbdiffError(f"data.image_shape {config.data.image_shape} does not match the data's dimension {dim}")
-        return UNet(shape, m.unet_channels, m.mult(), m.unet_res_blocks, m.unet_attention, m.time_dim, T,
-                    m.unet_dropout)
-    return TimeMLP(dim, m.hidden, m.blocks, m.time_dim, T)
-
-
-def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(mean, scale, Δ)`` of the map to model coordinates: per-coordinate standardisation for
-    vectors (``data.normalize``), one scalar affine map onto ``[−1, 1]`` for images with the
-    dequantisation width ``Δ`` (:class:`~sbdiff.data.ImageScaling`; ``Δ = 0``: no dequantisation)."""
-    d = config.data
-    dim = data.shape[1]
-    shape = d.shape()
-    if shape is None:
-        std = Standardizer.fit(data, d.normalize)
-        return std.mean, std.scale, 0.0
-    if shape[0] * shape[1] * shape[2] != dim:
-        raise SbdiffError(f"data.image_shape {d.image_shape} does not match the data's dimension {dim}")
-    scaling = ImageScaling(d.levels if d.dequantize == "uniform" else 0, d.max_value)
-    return np.full(dim, scaling.center), np.full(dim, scaling.scale), scaling.step
+from .base import Method, build_network, check_flat, data_scaling
 
 
 class SGM(Method):
@@ -62,12 +25,8 @@ class SGM(Method):
 
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         cfg = self.config
-        params = dict(cfg.reference)
-        reference = make_reference(params.pop("kind"), **params)
-        if data.ndim != 2:
-            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape} (images are flattened "
-                              "by sbdiff.data.load_data; set data.image_shape to rebuild them)")
-        dim = data.shape[1]
+        reference = self.make_reference()
+        dim = check_flat(data)
         net = build_network(cfg, dim, reference.T)
         mean, scale, step = data_scaling(cfg, data)
         return PathVAE(FixedEncoder(reference), ScoreDecoder(reference, net, "noise"), dim,

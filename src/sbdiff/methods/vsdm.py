@@ -51,9 +51,9 @@ from ..distributed import step_generator
 from ..linear_encoder import LinearEncoder, LinearScoreDecoder
 from ..model import PathVAE
 from ..objectives import gaussian_moment_kl
-from ..references import make_reference
 from ..solvers import time_grid
-from .sgm import SGM, build_network, data_scaling
+from .base import build_network, check_flat, data_scaling
+from .sgm import SGM
 
 __all__ = ["VSDM", "path_moments", "encoder_loss"]
 
@@ -176,14 +176,10 @@ class VSDM(SGM):
 
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         cfg, v = self.config, self.config.vsdm
-        params = dict(cfg.reference)
-        kind = params.pop("kind")
-        if kind != "vp":
-            raise SbdiffError(f"method vsdm needs the VP reference, got '{kind}'")
-        reference = make_reference(kind, **params)
-        if data.ndim != 2:
-            raise SbdiffError(f"expected flat data of shape (N, d), got {data.shape}")
-        dim = data.shape[1]
+        if cfg.reference["kind"] != "vp":
+            raise SbdiffError(f"method vsdm needs the VP reference, got '{cfg.reference['kind']}'")
+        reference = self.make_reference()
+        dim = check_flat(data)
         family = v.encoder if v.encoder != "auto" else ("diagonal" if cfg.data.shape() is not None else "full")
         encoder = LinearEncoder(reference, dim, family, time_varying=v.time_varying, hidden=v.hidden)
         encoder.requires_grad_(False)  # updated by stochastic approximation in begin_step, not by the loop
