@@ -145,7 +145,7 @@ class DSBConfig:
     iterations: int = 20         # IPF iterations (each: one decoder and one encoder half-bridge); 0: until the budget ends
     half_steps: int = 2000       # optimiser steps per half-bridge
     first_steps: int = 0         # steps of the first decoder half-bridge (iteration 0, the reference's reversal); 0: half_steps
-    num_steps: int = 20          # discretisation steps N of the chains
+    num_steps: int = 50          # discretisation steps N of the chains (20 -> 50: C_sigma err 9.6 -> 6.2 % on the d = 5 Gaussian bridge)
     schedule: str = "symmetric"  # symmetric (small steps at both ends) | uniform
     gamma_ratio: float = 0.1     # symmetric: smallest / largest step
     cache_size: int = 10000      # trajectories held in the cache
