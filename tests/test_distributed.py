@@ -19,6 +19,7 @@ from sbdiff.train import fit, load_run
 
 CONFIG = """
 seed = 3
+method = "{method}"
 [data]
 data = "{data}"
 [model]
@@ -32,17 +33,30 @@ shards = 2
 log_every = 4
 checkpoint_every = 6
 warmup = 2
-"""
+{extra}"""
+
+# Per method: a schedule that switches phase inside the 12 steps (DSB: decoder, encoder, decoder of
+# 4 steps each; the encoder update of VSDM every 4 steps; SB-FBSDE's phases of 6), with small caches.
+METHOD_EXTRA = {
+    "sgm": "",
+    "dsb": "[dsb]\niterations = 2\nhalf_steps = 4\nnum_steps = 4\ncache_size = 64\ncache_refresh = 2\nlr_final = 1.0\n",
+    "vsdm": "[vsdm]\nwarmup = 4\ninterval = 4\npaths = 16\npath_steps = 5\n",
+    "sbfbsde": "[sbfbsde]\nhalf_steps = 6\nnum_steps = 5\ncache_size = 16\ncache_refresh = 2\nhidden = 16\nblocks = 1\nlr_final = 1.0\n",
+}
 
 
-@pytest.fixture
-def small_run(tmp_path):
+def _small_run(tmp_path, method="sgm"):
     rng = np.random.default_rng(0)
     data = rng.normal(size=(500, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]])
     np.save(tmp_path / "data.npy", data)
     cfg_path = tmp_path / "cfg.toml"
-    cfg_path.write_text(CONFIG.format(data=tmp_path / "data.npy"))
+    cfg_path.write_text(CONFIG.format(data=tmp_path / "data.npy", method=method, extra=METHOD_EXTRA[method]))
     return tmp_path, cfg_path
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    return _small_run(tmp_path)
 
 
 def _torchrun(args, env_extra=None, timeout=240):
@@ -52,8 +66,15 @@ def _torchrun(args, env_extra=None, timeout=240):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ddp_two_processes_equal_one_process(small_run):
-    tmp, cfg_path = small_run
+def test_ddp_test_covers_every_registered_method():
+    from sbdiff.methods import REGISTRY
+
+    assert set(METHOD_EXTRA) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("method", list(METHOD_EXTRA))
+def test_ddp_two_processes_equal_one_process(tmp_path, method):
+    tmp, cfg_path = _small_run(tmp_path, method)
     proc = _torchrun(["train", "--config", str(cfg_path), "--out", str(tmp / "ddp"), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -163,6 +163,13 @@ def test_cli_bridge_train_decode_sample_eval(tmp_path, capsys):
     assert main(["decode", str(run), "--from", str(tmp_path / "from.npy"), "--out", str(tmp_path / "x0.npy"),
                  "--quiet"]) == 0
     assert np.load(tmp_path / "x0.npy").shape == (30, 2)
+    assert main(["encode", str(run), "--from", str(tmp_path / "x0.npy"), "--out", str(tmp_path / "x1.npy"),
+                 "--trajectory", str(tmp_path / "path.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "x1.npy").shape == (30, 2)
+    path = np.load(tmp_path / "path.npy")
+    assert path.shape == (9, 30, 2)  # the 8-step chain, both ends, data coordinates
+    np.testing.assert_allclose(path[0], np.load(tmp_path / "x0.npy"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(path[-1], np.load(tmp_path / "x1.npy"), rtol=1e-5, atol=1e-5)
     assert main(["sample", str(run), "--n", "25", "--out", str(tmp_path / "s.npy"), "--quiet"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (25, 2)
     assert main(["eval", str(run), "--samples", "200", "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
