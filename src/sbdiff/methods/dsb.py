@@ -6,11 +6,12 @@ De Bortoli, Thornton, Heng, Doucet, NeurIPS 2021 (seed ``002_…``), Algorithm 1
 
 * encoder chain (data -> prior):  ``X_k = F_k(X_{k−1}) + σ_k ξ``,
   ``F_k(x) = x + γ_k [f + g z_φ](x, t_{k−1})``, ``σ_k = √γ_k g(t_{k−1})``;
-* decoder chain (prior -> data):  ``X_{k−1} = B_k(X_k) + σ'_k ξ``,
-  ``B_k(x) = x − γ_k [f − g ẑ_θ](x, t_k)``, ``σ'_k = √γ_k g(t_k)``.
+* decoder chain (prior -> data):  ``X_{k−1} = B_k(X_k) + σ_k ξ``,
+  ``B_k(x) = x − γ_k [f − g ẑ_θ](x, t_k)``, the same ``σ_k``.
 
 These are exactly the Euler–Maruyama steps of the :class:`~sbdiff.model.PathVAE`'s encoder and
-decoder on that grid, so ``decode``/``encode`` of the trained model run the learned chains.
+decoder on that grid (with the noise at the step's lower end, ``noise_at="lower"``), so
+``decode``/``encode`` of the trained model run the learned chains.
 
 IPF iteration ``n`` (:class:`~sbdiff.methods._schedule.HalfBridgeSchedule`):
 
@@ -27,9 +28,13 @@ loss per coordinate is ≈ 1 at the optimum (the target's own noise) — ``drift
 phases) and ``encoder_matching`` (encoder phases) are logged so, with their floor ``d``.
 
 Simulated chains are cached (``dsb.cache_size`` paths, refreshed every ``dsb.cache_refresh``
-steps) from a snapshot of the frozen network's EMA weights taken when its half-bridge ended; each
-phase warm-starts from its network's previous weights. A cache is seeded by the step it was drawn
-at, so a resumed run redraws it exactly. A checkpoint is written at the end of every half-bridge.
+steps) from the frozen network's EMA weights, which the loop leaves unchanged while that network
+is frozen (:meth:`DSB.frozen`), so they are the snapshot taken when its half-bridge ended; the
+frozen network gets no gradient, so its weights and Adam state carry over to its next half-bridge
+(a warm start). Both noise scales of step ``k`` are ``σ_k = √γ_k g(t_{k−1})`` (the step's data-side
+end: the backward kernel of the forward step has the forward step's variance to leading order). A
+cache is seeded by the step it was drawn at, so a resumed run (or another DDP rank) redraws it
+exactly. A checkpoint is written at the end of every half-bridge.
 
 Modes: generative (``data.prior = "gaussian"``, default reference VP) and bridge (``data.prior`` a
 second data set at ``t = T``; use the reference ``brownian(eps)`` on ``[0, 1]``, where the SB is the
@@ -110,7 +115,7 @@ class DSB(Method):
     # sampler, so the EMA horizon must be short against a phase (0.999 kept ~55 % of the untrained
     # network after 600 steps; on the d = 2 Gaussian bridge the first decoder's coupling error fell
     # from 77 % to 11 % with 0.99). A 128x2 MLP: a cache refresh (10k chains x 20 steps) costs ~1 s
-    # on 2 cores against ~4 s for 256x3, and a step ~3.5x less.
+    # on 2 cores against ~4 s for 256x3 (~2.4 s at the default 50 steps), and a step ~3.5x less.
     defaults = {"train.ema_decay": 0.99, "model.hidden": 128, "model.blocks": 2}
 
     def __init__(self, config: Config):
@@ -160,9 +165,6 @@ class DSB(Method):
 
     def checkpoint_due(self, step: int) -> bool:
         return step == self.schedule.phase(step - 1).end if step > 0 else False
-
-    def trained_network(self, model: PathVAE, role: str) -> torch.nn.Module:
-        return model.decoder.net if role == "decoder" else model.encoder.net
 
     def frozen(self, step: int) -> tuple[str, ...]:
         return ("encoder.",) if self.schedule.phase(step).role == "decoder" else ("decoder.",)
