@@ -11,6 +11,16 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors: fastest there, and immune to oversubscribed
+    cores (subprocesses that must match a float reduction use the same count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class GaussianData:
     """Data ``N(m, S)`` pushed through a scalar-linear reference: ``q_t = N(α_t m, α_t² S + σ_t² I)``."""
 

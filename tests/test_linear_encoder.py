@@ -23,13 +23,7 @@ from conftest import stderr
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # small tensors: one thread is fastest and immune to oversubscribed cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for this module
 
 
 def _encoder(family="full", time_varying=False, seed=0, d=3, ref=None, tscale=0.5):

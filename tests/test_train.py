@@ -77,13 +77,7 @@ def _assert_same_run(run, base):
         assert ra == rb  # the logged losses too (accumulators restored mid-window)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny networks: one thread is fastest and immune to oversubscribed cores; subprocesses match it
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,19 @@ from ._controlled import ControlledSDE
 from ._utils import SbdiffError, append_dims, as_time
 from .references import ReferenceSDE
 
-__all__ = ["Decoder", "ScoreDecoder", "NeuralDecoder"]
+__all__ = ["Decoder", "ScoreDecoder", "NeuralDecoder", "check_parametrization"]
 
 
 class Decoder(ControlledSDE):
     """Base class: backward drift (read in forward time) ``f − g·ẑ`` with ``ẑ = control(x, t)``."""
 
     sign = -1.0
+
+
+def check_parametrization(parametrization: str) -> None:
+    """Refuse a score decoder's parametrization other than ``"noise"`` or ``"score"``."""
+    if parametrization not in ("noise", "score"):
+        raise SbdiffError(f"unknown decoder parametrization '{parametrization}'; choose noise or score")
 
 
 class ScoreDecoder(Decoder):
@@ -46,8 +52,7 @@ class ScoreDecoder(Decoder):
     def __init__(self, reference: ReferenceSDE, net: Callable[[Tensor, Tensor], Tensor],
                  parametrization: str = "noise"):
         super().__init__(reference)
-        if parametrization not in ("noise", "score"):
-            raise SbdiffError(f"unknown decoder parametrization '{parametrization}'; choose noise or score")
+        check_parametrization(parametrization)
         self.net = net
         self.parametrization = parametrization
 

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import SbdiffError, append_dims, as_time
-from .decoders import Decoder
+from .decoders import Decoder, check_parametrization
 from .encoders import Encoder
 from .references import ReferenceSDE
 
@@ -360,8 +360,7 @@ class LinearScoreDecoder(Decoder):
 
     def __init__(self, encoder: LinearEncoder, net, parametrization: str = "noise"):
         super().__init__(encoder.reference)
-        if parametrization not in ("noise", "score"):
-            raise SbdiffError(f"unknown decoder parametrization '{parametrization}'; choose noise or score")
+        check_parametrization(parametrization)
         self.__dict__["encoder"] = encoder  # not a submodule: no second copy of its parameters
         self.net = net
         self.parametrization = parametrization
