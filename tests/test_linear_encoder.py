@@ -14,7 +14,7 @@ from scipy.integrate import solve_ivp
 from sbdiff._utils import SbdiffError
 from sbdiff.decoders import ScoreDecoder
 from sbdiff.encoders import FixedEncoder
-from sbdiff.linear_encoder import LinearEncoder, LinearScoreDecoder
+from sbdiff.linear_encoder import LinearEncoder
 from sbdiff.objectives import dsm_loss
 from sbdiff.references import VE, VP
 
@@ -32,7 +32,7 @@ def _encoder(family="full", time_varying=False, seed=0, d=3, ref=None, tscale=0.
     enc = LinearEncoder(ref, d, family, time_varying=time_varying).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        shape = (d, d) if family == "full" else (d,)
+        shape = {"full": (d, d), "diagonal": (d,), "isotropic": (1,)}[family]
         enc.log_d.copy_(0.6 * torch.randn(shape, generator=g, dtype=F64))
         if time_varying:
             for p in enc.time_scale.parameters():
@@ -60,12 +60,12 @@ def _scipy_expm(a):
     return torch.as_tensor(scipy.linalg.expm(a.numpy()))
 
 
-@pytest.mark.parametrize("family", ["full", "diagonal"])
+@pytest.mark.parametrize("family", ["full", "diagonal", "isotropic"])
 def test_time_invariant_transition_matches_matrix_exponentials(family):
     enc = _encoder(family)
     D = enc.matrix().detach()
     assert torch.allclose(D, D.T) and bool((torch.linalg.eigvalsh(D) > 0).all())
-    assert family == "diagonal" or (D - torch.diag(torch.diagonal(D))).abs().max() > 0.1  # really non-diagonal
+    assert family != "full" or (D - torch.diag(torch.diagonal(D))).abs().max() > 0.1  # really non-diagonal
     s = torch.tensor([0.0, 0.0, 0.2, 0.5, 0.999], dtype=F64)
     t = torch.tensor([0.001, 0.3, 0.7, 1.0, 1.0], dtype=F64)
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -167,7 +167,7 @@ def test_time_varying_transition_matches_ode_solve():
             assert np.allclose(cov.detach().numpy(), sol.y[3:, -1].reshape(3, 3), rtol=3e-6, atol=3e-6), family
 
 
-@pytest.mark.parametrize("family", ["full", "diagonal"])
+@pytest.mark.parametrize("family", ["full", "diagonal", "isotropic"])
 def test_identity_D_is_the_vp_reference_exactly(family):
     """At the start (D = I) transitions, noise, control and the noise-parametrised decoder are those of
     the VP SGM bit for bit."""
@@ -178,19 +178,19 @@ def test_identity_D_is_the_vp_reference_exactly(family):
     a = enc.sample_transition(x, 0.0, t, generator=torch.Generator().manual_seed(2))
     b = fixed.sample_transition(x, 0.0, t, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    std = a[2] if family == "diagonal" else torch.diagonal(a[2], dim1=1, dim2=2)
+    std = a[2] if family != "full" else torch.diagonal(a[2], dim1=1, dim2=2)
     assert torch.equal(std, b[2][:, None].expand(-1, 3))
     assert torch.equal(enc.control(x, t), torch.zeros_like(x))
     net = torch.nn.Sequential(torch.nn.Linear(3, 3)).double()
     f = lambda y, tt: net(y) * (1 + tt[:, None])  # noqa: E731
-    ours, sgm = LinearScoreDecoder(enc, f, "noise"), ScoreDecoder(ref, f, "noise")
+    ours, sgm = ScoreDecoder(enc, f, "noise"), ScoreDecoder(ref, f, "noise")
     assert torch.equal(ours.control(x, t), sgm.control(x, t))
     la = dsm_loss(enc, ours, x, t, generator=torch.Generator().manual_seed(3))
     lb = dsm_loss(fixed, sgm, x, t, generator=torch.Generator().manual_seed(3))
     assert torch.equal(la, lb)
 
 
-@pytest.mark.parametrize("family", ["full", "diagonal"])
+@pytest.mark.parametrize("family", ["full", "diagonal", "isotropic"])
 def test_prior_is_the_terminal_transition_covariance(family):
     enc = _encoder(family, seed=7)
     cov = enc.prior_cov().detach()
@@ -233,14 +233,14 @@ def test_multivariate_dsm_at_the_exact_score_equals_closed_form():
         M, S = _van_loan(D, float(_int_beta(enc.reference, 0.0, t_val)))
         Ct = M @ C0 @ M.T + S
         Ct_inv = torch.linalg.inv(Ct)
-        dec = LinearScoreDecoder(enc, lambda y, tt: -y @ Ct_inv.T, "score")
+        dec = ScoreDecoder(enc, lambda y, tt: -y @ Ct_inv.T, "score")
         t = torch.full((n,), t_val, dtype=F64)
         loss = dsm_loss(enc, dec, x0, t, generator=torch.Generator().manual_seed(1)).detach()
         L = torch.linalg.cholesky(S)  # any square root: tr(Lᵀ C⁻¹ L) = tr(C⁻¹ Σ)
         expected = 3 - float(torch.trace(L.T @ Ct_inv @ L))
         assert abs(loss.mean().item() - expected) < 4 * stderr(loss) + 1e-4, (t_val, loss.mean(), expected)
         # and a perturbed score does worse
-        off = LinearScoreDecoder(enc, lambda y, tt: -1.1 * y @ Ct_inv.T, "score")
+        off = ScoreDecoder(enc, lambda y, tt: -1.1 * y @ Ct_inv.T, "score")
         assert dsm_loss(enc, off, x0, t, generator=torch.Generator().manual_seed(1)).mean() > loss.mean()
 
 
@@ -252,4 +252,4 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(SbdiffError, match="dimension >= 1"):
         LinearEncoder(VP(), 0)
     with pytest.raises(SbdiffError, match="parametrization"):
-        LinearScoreDecoder(LinearEncoder(VP(), 2), lambda x, t: x, "velocity")
+        ScoreDecoder(LinearEncoder(VP(), 2), lambda x, t: x, "velocity")

@@ -184,7 +184,7 @@ def test_images_use_the_diagonal_encoder(tmp_path):
 
 
 @pytest.mark.parametrize("section,message", [
-    ({"vsdm": {"encoder": "lowrank"}}, "vsdm.encoder must be auto, full or diagonal"),
+    ({"vsdm": {"encoder": "lowrank"}}, "vsdm.encoder must be auto, full, diagonal or isotropic"),
     ({"vsdm": {"sa_decay": 0.3}}, r"vsdm.sa_decay must be 0 \(constant step size\) or lie in \(0.5, 1\]"),
     ({"vsdm": {"sa_lr": 0.0}}, "vsdm.sa_lr must be a finite positive number"),
     ({"vsdm": {"interact": 1.5}}, r"vsdm.interact \(zeta\) must lie in \[0, 1\]"),

@@ -4,7 +4,7 @@ A config file holds any subset of the keys below; everything missing takes its d
 sections or keys, and values of the wrong type, raise :class:`SbdiffError` naming the key.
 
 ```toml
-method = "sgm"          # sgm (dsb, sbfbsde, vsdm: later)
+method = "sgm"          # sgm | dsb | vsdm | sbfbsde
 seed = 0
 device = "cpu"
 
@@ -163,7 +163,7 @@ class VSDMConfig:
     ``J`` of DESIGN §2 evaluated on ``paths`` decoder trajectories.
     """
 
-    encoder: str = "auto"        # auto (diagonal for images, full for vectors) | full (D = exp(S), S symmetric) | diagonal
+    encoder: str = "auto"        # auto (diagonal for images, full for vectors) | full (D = exp(S), S symmetric) | diagonal | isotropic (D = e^s I)
     time_varying: bool = False   # D_t = I − c(t)(I − D), c(t) = exp(MLP(t)) (the reference code's A_t = A·exp(MLP(t)))
     warmup: int = 1000           # decoder steps before the first encoder update
     interval: int = 500          # decoder steps between encoder updates
@@ -375,8 +375,8 @@ def _validate_dsb(d: DSBConfig) -> None:
 def _validate_vsdm(cfg: "Config") -> None:
     """Check ``[vsdm]`` and resolve ``encoder = "auto"`` (after the image keys are resolved)."""
     v = cfg.vsdm
-    if v.encoder not in ("auto", "full", "diagonal"):
-        raise SbdiffError(f"vsdm.encoder must be auto, full or diagonal, got '{v.encoder}'")
+    if v.encoder not in ("auto", "full", "diagonal", "isotropic"):
+        raise SbdiffError(f"vsdm.encoder must be auto, full, diagonal or isotropic, got '{v.encoder}'")
     if v.encoder == "auto":
         v.encoder = "diagonal" if cfg.data.image_shape != "none" else "full"
     for name in ("warmup", "freeze"):

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ._controlled import ControlledSDE
 from ._utils import SbdiffError, append_dims, as_time
+from .encoders import FixedEncoder
 from .references import ReferenceSDE
 
 __all__ = ["Decoder", "ScoreDecoder", "NeuralDecoder", "check_parametrization"]
@@ -31,28 +32,39 @@ def check_parametrization(parametrization: str) -> None:
 
 
 class ScoreDecoder(Decoder):
-    """A decoder for a fixed encoder: ``ẑ_θ(x, t) = g(t)·s_θ(x, t)``.
+    """The decoder of a closed-form encoder: ``ẑ_θ(x, t) = g(t)·s_θ(x, t) − z_φ(x, t)``, so that drift
+    matching vanishes exactly when ``s_θ = ∇log q_t`` (DESIGN §2); backward drift ``f + g z_φ − g² s_θ``.
+    For a fixed encoder (``z_φ = 0``, SGM) this is the score model ``ẑ_θ = g·s_θ``.
 
     Parameters
     ----------
-    reference : ReferenceSDE
-        The (fixed) encoder's reference.
+    encoder : Encoder or ReferenceSDE
+        An encoder with closed-form transitions (``Encoder.gaussian_transition``): the fixed
+        reference (SGM), the linear encoder (VSDM). A :class:`~sbdiff.references.ReferenceSDE` is
+        taken as its :class:`~sbdiff.encoders.FixedEncoder`. Held as a plain reference, not a
+        submodule: its parameters belong to the model's encoder.
     net : callable ``(x, t) -> (B, ...)``
         A network (or a closed-form function in tests).
     parametrization : {"noise", "score"}
-        ``"noise"``: the noise ``ε`` of ``x_t = α_t x_0 + σ_t ε`` is predicted as
-        ``ε̂ = σ_t x_t/(α_t² + σ_t²) + net(x_t, t)`` and ``s_θ = −ε̂/σ_t`` (Ho et al. 2020). The first
-        term is the exact noise predictor for ``N(0, I)`` data (the standardised data's Gaussian
-        approximation; the skip connection of Karras et al. 2022 in noise form): the network learns a
-        residual, and the score extrapolates like a Gaussian's far from the data, so that samples
-        drawn from the prior's tails contract instead of escaping under the backward SDE.
-        ``"score"``: ``net`` is the score itself.
+        ``"noise"``: the noise ``ε`` of ``x_t = M_t x_0 + L_t ε`` (the encoder's transition from 0)
+        is predicted as ``ε̂ = L_tᵀ C_t⁻¹ x_t + net(x_t, t)`` with ``C_t = M_t M_tᵀ + Σ_t``, and
+        ``s_θ = −L_t⁻ᵀ ε̂`` (Ho et al. 2020; Deng et al. 2024 eq. 15). The first term is the exact
+        noise predictor for ``N(0, I)`` data (the standardised data's Gaussian approximation; the skip
+        connection of Karras et al. 2022 in noise form; for a scalar transition
+        ``σ_t x/(α_t² + σ_t²)``): the network learns a residual, and the score extrapolates like a
+        Gaussian's far from the data, so that samples drawn from the prior's tails contract instead of
+        escaping under the backward SDE. ``"score"``: ``net`` is the score itself.
     """
 
-    def __init__(self, reference: ReferenceSDE, net: Callable[[Tensor, Tensor], Tensor],
-                 parametrization: str = "noise"):
-        super().__init__(reference)
+    def __init__(self, encoder, net: Callable[[Tensor, Tensor], Tensor], parametrization: str = "noise"):
+        if isinstance(encoder, ReferenceSDE):
+            encoder = FixedEncoder(encoder)
+        if not getattr(encoder, "closed_form", False):
+            raise SbdiffError(f"a score decoder needs an encoder with closed-form transitions, got "
+                              f"{type(encoder).__name__}")
+        super().__init__(encoder.reference)
         check_parametrization(parametrization)
+        self.__dict__["encoder"] = encoder  # not a submodule: no second copy of its parameters
         self.net = net
         self.parametrization = parametrization
 
@@ -62,13 +74,12 @@ class ScoreDecoder(Decoder):
         out = self.net(x, t)
         if self.parametrization == "score":
             return out
-        alpha = append_dims(torch.exp(self.reference.log_mean_coeff(torch.zeros_like(t), t)), x.ndim)
-        std = append_dims(torch.sqrt(self.reference.transition_var(torch.zeros_like(t), t)), x.ndim)
-        eps_hat = std * x / (alpha**2 + std**2) + out
-        return -eps_hat / std
+        tr = self.encoder.gaussian_transition(torch.zeros_like(t), t, x)
+        return -tr.inv_factor_t(tr.gaussian_noise(x) + out)
 
     def control(self, x: Tensor, t: Tensor) -> Tensor:
-        return append_dims(self.reference.g(t), x.ndim) * self.score(x, t)
+        t = as_time(t, x)
+        return append_dims(self.reference.g(t), x.ndim) * self.score(x, t) - self.encoder.control(x, t)
 
 
 class NeuralDecoder(Decoder):

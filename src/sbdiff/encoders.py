@@ -11,16 +11,45 @@ import torch
 from torch import Tensor
 
 from ._controlled import ControlledSDE
-from ._utils import append_dims
+from ._utils import SbdiffError, as_time
+from .transitions import GaussianTransition
 
 __all__ = ["Encoder", "FixedEncoder", "NeuralEncoder"]
 
 
 class Encoder(ControlledSDE):
-    """Base class: forward drift ``f + g·z`` with ``z = control(x, t)`` (the data -> prior SDE)."""
+    """Base class: forward drift ``f + g·z`` with ``z = control(x, t)`` (the data -> prior SDE).
+
+    Encoders with ``closed_form = True`` implement :meth:`gaussian_transition`; :meth:`transition` and
+    :meth:`sample_transition` follow from it, and so do the denoising-score-matching loss and the
+    score decoder's skip (:mod:`sbdiff.transitions`).
+    """
 
     sign = 1.0
     closed_form: bool = False
+
+    def gaussian_transition(self, s: Tensor | float, t: Tensor | float, like: Tensor) -> GaussianTransition:
+        """``q(x_t | x_s)`` for the batch of ``like`` (``(B, ...)``, which fixes dtype and device), as
+        operators (:class:`~sbdiff.transitions.GaussianTransition`). Closed-form encoders only."""
+        raise SbdiffError(f"{type(self).__name__} has no closed-form transitions")
+
+    def transition(self, x_s: Tensor, s: Tensor | float, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Mean (shape of ``x_s``) and covariance factor ``L`` of ``X_t | X_s = x_s``: ``(B,)`` for a
+        scalar transition (the std), ``(B, d)`` (diagonal) or ``(B, d, d)``
+        (:meth:`~sbdiff.transitions.GaussianTransition.factor`)."""
+        tr = self.gaussian_transition(s, t, x_s)
+        return tr.mean(x_s), tr.factor()
+
+    def sample_transition(
+        self, x_s: Tensor, s: Tensor | float, t: Tensor | float, noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw ``X_t | X_s``. Returns ``(x_t, noise, L)`` with ``x_t = mean + L·noise`` (``L`` as in
+        :meth:`transition`)."""
+        tr = self.gaussian_transition(s, t, x_s)
+        if noise is None:
+            noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
+        return tr.sample(x_s, noise), noise, tr.factor()
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """Log density of the Gaussian prior at ``z`` of shape ``(B, d)``; returns ``(B,)``. The
@@ -45,19 +74,11 @@ class FixedEncoder(Encoder):
     def control(self, x: Tensor, t: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
-    def transition(self, x_s: Tensor, s: Tensor | float, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Mean (shape of ``x_s``) and std (shape ``(B,)``) of ``X_t | X_s = x_s``."""
-        return self.reference.transition(x_s, s, t)
-
-    def sample_transition(
-        self, x_s: Tensor, s: Tensor | float, t: Tensor | float, noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw ``X_t | X_s``. Returns ``(x_t, noise, std)`` with ``x_t = mean + std·noise``."""
-        mean, std = self.transition(x_s, s, t)
-        if noise is None:
-            noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
-        return mean + append_dims(std, x_s.ndim) * noise, noise, std
+    def gaussian_transition(self, s: Tensor | float, t: Tensor | float, like: Tensor) -> GaussianTransition:
+        """The reference's scalar transition: ``a = exp(log_mean_coeff(s, t))``, ``σ = √v(s, t)``, ``(B,)``."""
+        s, t = as_time(s, like), as_time(t, like)
+        ref = self.reference
+        return GaussianTransition(torch.exp(ref.log_mean_coeff(s, t)), torch.sqrt(ref.transition_var(s, t)))
 
 
 class NeuralEncoder(Encoder):

@@ -16,6 +16,8 @@ Families (all start at ``D = I``, where the encoder *is* the VP reference):
   value of the parameter, and the map is smooth at ``S = 0`` (``dD = dS``), so gradient updates are
   well defined at the isotropic start, where an eigenvalue parametrisation is degenerate.
 * ``diagonal``: ``D = diag(e^s)`` (images, high dimension): ``O(d)`` everything.
+* ``isotropic``: ``D = e^s I``, one scalar: a learned contraction rate without anisotropy (the
+  ablation that tells what a learned ``D`` adds beyond its overall scale).
 * time-varying (either family): ``A_t = c(t)·A`` with ``c(t) = exp(m(t))`` and ``m`` a small MLP with
   a zero-initialised last layer (``c ≡ 1`` at the start), as the reference code's ``At = A·exp(MLP(t))``
   (WayneDW/Variational_Schrodinger_Diffusion_Model, ``models/toy_model/Linear.py``); then
@@ -38,7 +40,8 @@ log-cumulative-sum, stable for any rate), carried from the node below ``t`` by t
 
 The transition score is ``∇log q(x_t | x_s) = −Σ⁻¹(x_t − mean) = −L⁻ᵀ ε`` for
 ``x_t = mean + L ε``, ``L = U diag(√v) Uᵀ`` (Deng et al. 2024, eq. 15), which
-:class:`LinearScoreDecoder` and :func:`sbdiff.objectives.dsm_loss` use.
+:class:`~sbdiff.decoders.ScoreDecoder` and :func:`sbdiff.objectives.dsm_loss` use through
+:class:`~sbdiff.transitions.GaussianTransition`, as for the fixed reference.
 """
 
 from __future__ import annotations
@@ -49,13 +52,13 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import SbdiffError, append_dims, as_time
-from .decoders import Decoder, check_parametrization
 from .encoders import Encoder
 from .references import ReferenceSDE
+from .transitions import GaussianTransition, from_eig, to_eig
 
-__all__ = ["LinearEncoder", "LinearScoreDecoder", "FAMILIES"]
+__all__ = ["LinearEncoder", "FAMILIES"]
 
-FAMILIES = ("full", "diagonal")
+FAMILIES = ("full", "diagonal", "isotropic")
 
 
 def _log_phi(u: Tensor) -> Tensor:
@@ -95,8 +98,9 @@ class LinearEncoder(Encoder):
         A variance-preserving reference, ``f = −½ g² x`` (``vp``; supplies ``β = g²``).
     dim : int
         Dimension ``d``.
-    family : {"full", "diagonal"}
-        ``D = exp(S)`` with ``S`` a symmetric ``d×d`` parameter, or ``D = diag(e^s)``.
+    family : {"full", "diagonal", "isotropic"}
+        ``D = exp(S)`` with ``S`` a symmetric ``d×d`` parameter, ``D = diag(e^s)``, or ``D = e^s I``
+        (one scalar: the ablation that separates a learned contraction rate from learned anisotropy).
     time_varying : bool
         ``D_t = I − c(t)(I − D)`` with ``c(t) = exp(m(t))`` learned (reference code's ``A_t = A·e^{MLP(t)}``).
     hidden : int
@@ -129,15 +133,18 @@ class LinearEncoder(Encoder):
         self.family = family
         self.time_varying = bool(time_varying)
         self.grid_size = int(grid_size)
-        shape = (self.dim, self.dim) if family == "full" else (self.dim,)
+        shape = {"full": (self.dim, self.dim), "diagonal": (self.dim,), "isotropic": (1,)}[family]
         self.log_d = nn.Parameter(torch.zeros(shape))
         self.time_scale = _TimeScale(reference.T, hidden) if self.time_varying else None
 
     # -- the matrix D and its spectrum --------------------------------------------------------------
     def log_matrix(self) -> Tensor:
-        """``S = log D``: symmetric ``(d, d)`` (full) or the vector ``s`` ``(d,)`` (diagonal)."""
+        """``S = log D``: symmetric ``(d, d)`` (full) or the vector ``s`` ``(d,)`` (diagonal; isotropic:
+        the scalar repeated)."""
         p = self.log_d
-        return 0.5 * (p + p.T) if self.family == "full" else p
+        if self.family == "full":
+            return 0.5 * (p + p.T)
+        return p.expand(self.dim) if self.family == "isotropic" else p
 
     def matrix(self) -> Tensor:
         """``D = exp(S)``, ``(d, d)``; differentiable in the parameters (no eigendecomposition)."""
@@ -151,7 +158,7 @@ class LinearEncoder(Encoder):
         ``U`` comes from ``eigh(S)``; a diagonal ``S`` (e.g. the start, ``S = 0``) gives ``U = I``
         exactly. Not differentiated (:meth:`gain` is the differentiable route)."""
         s = self.log_matrix()
-        if self.family == "diagonal":
+        if self.family != "full":
             return None, torch.exp(s)
         off = s - torch.diag(torch.diagonal(s))
         if not bool(off.any()):
@@ -187,29 +194,8 @@ class LinearEncoder(Encoder):
         return self.gain(t)
 
     # -- eigen coordinates ----------------------------------------------------------------------------
-    @staticmethod
-    def to_eig(x: Tensor, U: Tensor | None) -> Tensor:
-        """``Uᵀx`` per row, ``(B, d)`` (identity for the diagonal family). Computed in ``U``'s precision,
-        outside autocast (a bf16 change of basis would cost the transitions their accuracy)."""
-        if U is None:
-            return x
-        with torch.autocast(x.device.type, enabled=False):
-            return x.to(U.dtype) @ U
-
-    @staticmethod
-    def from_eig(y: Tensor, U: Tensor | None) -> Tensor:
-        """``U y`` per row, ``(B, d)`` (as :meth:`to_eig`)."""
-        if U is None:
-            return y
-        with torch.autocast(y.device.type, enabled=False):
-            return y.to(U.dtype) @ U.T
-
-    @staticmethod
-    def _sym(U: Tensor, w: Tensor) -> Tensor:
-        """``U diag(w_b) Uᵀ`` for each row ``w_b`` of ``w`` ``(B, d)``: ``(B, d, d)``, outside autocast."""
-        with torch.autocast(w.device.type, enabled=False):
-            U = U.to(w.dtype)
-            return torch.einsum("ij,bj,kj->bik", U, w, U)
+    to_eig = staticmethod(to_eig)
+    from_eig = staticmethod(from_eig)
 
     # -- transitions ------------------------------------------------------------------------------
     def _int_beta(self, s: Tensor, t: Tensor) -> Tensor:
@@ -271,40 +257,18 @@ class LinearEncoder(Encoder):
         a = torch.exp(-0.5 * (Kt - Ks))
         return a, (vt - a**2 * vs).clamp_min(0.0)
 
-    def transition(self, x_s: Tensor, s: Tensor | float, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Mean ``(B, d)`` and factor ``L`` of the covariance ``Σ = L Lᵀ`` of ``X_t | X_s = x_s``:
-        ``L = U diag(√v) Uᵀ`` of shape ``(B, d, d)`` (full) or its diagonal ``(B, d)`` (diagonal)."""
+    def gaussian_transition(self, s: Tensor | float, t: Tensor | float, like: Tensor) -> GaussianTransition:
+        """``q(x_t | x_s) = N(U diag(a) Uᵀ x_s, U diag(v) Uᵀ)`` for the batch of ``like`` ``(B, d)``
+        (:meth:`coeffs`; ``U = None`` for the diagonal family). ``transition`` and
+        ``sample_transition`` (from :class:`~sbdiff.encoders.Encoder`) return the factor
+        ``L = U diag(√v) Uᵀ`` as ``(B, d, d)`` (full) or its diagonal ``(B, d)``."""
         U, lam = spec = self.spectrum()
-        a, v = self.coeffs(s, t, x_s, spec)
-        mean = self.from_eig(a * self.to_eig(x_s, U), U)
-        std = torch.sqrt(v)
-        if U is None:
-            return mean, std
-        return mean, self._sym(U, std)
+        a, v = self.coeffs(s, t, like, spec)
+        return GaussianTransition(a, torch.sqrt(v), U)
 
     def covariance(self, s: Tensor | float, t: Tensor | float, like: Tensor) -> Tensor:
         """``Σ(s, t) = Cov(X_t | X_s)``, shape ``(B, d, d)`` (also for the diagonal family)."""
-        U, lam = spec = self.spectrum()
-        _, v = self.coeffs(s, t, like, spec)
-        if U is None:
-            return torch.diag_embed(v)
-        return self._sym(U, v)
-
-    def sample_transition(
-        self, x_s: Tensor, s: Tensor | float, t: Tensor | float, noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw ``X_t | X_s``: returns ``(x_t, noise, L)`` with ``x_t = mean + L·noise`` (``L`` as in
-        :meth:`transition`)."""
-        U, lam = spec = self.spectrum()
-        a, v = self.coeffs(s, t, x_s, spec)
-        if noise is None:
-            noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
-        std = torch.sqrt(v)
-        x_t = self.from_eig(a * self.to_eig(x_s, U) + std * self.to_eig(noise, U), U)
-        if U is None:
-            return x_t, noise, std
-        return x_t, noise, self._sym(U, std)
+        return self.gaussian_transition(s, t, like).covariance()
 
     def control(self, x: Tensor, t: Tensor) -> Tensor:
         """``z = −½ √β (D_t − I) x``, shape ``(B, d)``."""
@@ -337,46 +301,3 @@ class LinearEncoder(Encoder):
         eps = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         U, v = self._prior_spec(eps)
         return self.from_eig(torch.sqrt(v) * self.to_eig(eps, U), U)
-
-
-class LinearScoreDecoder(Decoder):
-    """The decoder of a :class:`LinearEncoder`: ``ẑ_θ = g·s_θ − z_φ``, so that drift matching vanishes
-    exactly when ``s_θ = ∇log q_t`` (DESIGN §2); backward drift ``f + g z_φ − g² s_θ``.
-
-    Parameters
-    ----------
-    encoder : LinearEncoder
-        Held as a plain reference (its parameters belong to the encoder, not to this module).
-    net : callable ``(x, t) -> (B, d)``
-    parametrization : {"noise", "score"}
-        ``"noise"``: ``net`` predicts (a residual of) the noise ``ε`` of ``x_t = M_t x_0 + L_t ε``:
-        ``ε̂ = L_tᵀ C_t⁻¹ x + net(x, t)`` and ``s_θ = −L_t⁻ᵀ ε̂``, where ``C_t = M_t M_tᵀ + Σ_t`` is the
-        marginal covariance of ``N(0, I)`` data, so the first term is the exact noise predictor of the
-        standardised data's Gaussian approximation (the multivariate form of
-        :class:`~sbdiff.decoders.ScoreDecoder`'s skip; in the eigenbasis ``ε̂_i = σ_i y_i/(a_i² + σ_i²)``).
-        With ``D = I`` this is exactly ScoreDecoder's VP noise parametrisation.
-        ``"score"``: ``net`` is the score ``s_θ``.
-    """
-
-    def __init__(self, encoder: LinearEncoder, net, parametrization: str = "noise"):
-        super().__init__(encoder.reference)
-        check_parametrization(parametrization)
-        self.__dict__["encoder"] = encoder  # not a submodule: no second copy of its parameters
-        self.net = net
-        self.parametrization = parametrization
-
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Model score ``s_θ(x, t) ≈ ∇log q_t(x)``, shape ``(B, d)``."""
-        t = as_time(t, x)
-        out = self.net(x, t)
-        if self.parametrization == "score":
-            return out
-        enc = self.encoder
-        U, lam = spec = enc.spectrum()
-        a, v = enc.coeffs(torch.zeros_like(t), t, x, spec)
-        std = torch.sqrt(v)
-        eps_hat = std * enc.to_eig(x, U) / (a**2 + std**2) + enc.to_eig(out, U)
-        return enc.from_eig(-eps_hat / std, U)
-
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        return append_dims(self.reference.g(t), x.ndim) * self.score(x, t) - self.encoder.control(x, t)

@@ -31,8 +31,9 @@ def dsm_loss(encoder: Encoder, decoder: Decoder, x0: Tensor, t: Tensor,
     ``‖L_tᵀ(ẑ_θ + z_φ)/g + ε‖²`` (Ho et al. 2020). For a scalar transition, ``Σ_t = σ_t² I``, this is
     ``‖(ẑ_θ + z_φ)·σ_t/g + ε‖²``.
 
-    The encoder's ``sample_transition(x0, 0, t)`` returns ``(x_t, ε, L_t)`` with ``L_t`` of shape
-    ``(B,)`` (scalar ``σ_t``), ``(B, d)`` (diagonal) or ``(B, d, d)`` (full factor).
+    The encoder's transition comes as operators (``encoder.gaussian_transition(0, t, x0)``,
+    :class:`~sbdiff.transitions.GaussianTransition`): scalar (SGM), diagonal or in a rotated basis
+    (VSDM), one code path for all.
 
     Parameters
     ----------
@@ -48,18 +49,12 @@ def dsm_loss(encoder: Encoder, decoder: Decoder, x0: Tensor, t: Tensor,
     """
     if not getattr(encoder, "closed_form", False):
         raise SbdiffError("denoising score matching needs an encoder with closed-form transitions")
-    x_t, noise, std = encoder.sample_transition(x0, 0.0, t, generator=generator)
+    tr = encoder.gaussian_transition(0.0, t, x0)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_t = tr.sample(x0, noise)
     g = append_dims(encoder.reference.g(t), x0.ndim)
     z_sum = decoder.control(x_t, t) + encoder.control(x_t, t)
-    if std.ndim == 1:  # Σ_t = σ_t² I
-        residual = z_sum * append_dims(std, x0.ndim) / g + noise
-    elif std.shape == x0.shape:  # diagonal L_t
-        residual = z_sum * std / g + noise
-    elif std.ndim == 3 and x0.ndim == 2 and std.shape[1:] == (x0.shape[1], x0.shape[1]):  # full L_t: L_tᵀ z
-        with torch.autocast(x0.device.type, enabled=False):  # in the factor's precision, not bf16
-            residual = torch.einsum("bji,bj->bi", std, z_sum.to(std.dtype)) / g + noise
-    else:
-        raise SbdiffError(f"transition factor of shape {tuple(std.shape)} does not fit data of shape {tuple(x0.shape)}")
+    residual = tr.factor_t(z_sum) / g + noise
     return residual.pow(2).reshape(x0.shape[0], -1).sum(1)
 
 
@@ -109,9 +104,13 @@ def importance_times(n: int, t_min: float, T: float, *, generator=None, dtype=to
 
 def path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tensor, *, t_min: float,
               n_time: int = 64, exact: bool | None = None, generator=None) -> Tensor:
-    """Path ELBO ``log p_θ(x_0) ≥ E[log p_T(X_T)] − ∫ E[½‖ẑ‖² + ∇·(g ẑ − f) + ẑᵀz] dt``.
+    """Path ELBO ``log p_θ(x_0) ≥ E[log p_T(X_T)] − ∫ E[½‖z + ẑ‖² + ∇·(g ẑ − f)] dt``.
 
-    SB-FBSDE Theorem 4 (Chen et al. 2022); with ``z = 0`` it is the bound of Huang et al. 2021.
+    SB-FBSDE Theorem 4 (Chen et al. 2022, eq. 14: ``½‖Z‖² + ½‖Ẑ‖² + ∇·(gẐ − f) + ẐᵀZ``); with
+    ``z = 0`` it is the bound of Huang et al. 2021. The ``½‖z‖²`` term matters as soon as the encoder's
+    control is non-zero (VSDM): without it the estimate exceeds ``log p_θ`` at the exact reversal
+    (DESIGN §4.3, corrected; tested in ``tests/test_vsdm.py``). The bound is tight when the decoder is
+    the exact reversal of the encoder and the prior is the encoder's terminal law.
     Expectations are over encoder paths started at ``x_0`` at time ``t_min``; with a closed-form
     encoder, ``X_t | x_0`` is drawn directly at ``n_time`` times per point (:func:`importance_times`), and
     ``log p_T(X_T)`` is averaged over ``n_time`` draws of ``X_T``.
@@ -142,7 +141,7 @@ def path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tensor, *, t_m
     gz_minus_f, div = divergence(field, x_t, exact=exact, generator=generator)
     zhat = (gz_minus_f + ref.f(x_t, t)) / append_dims(ref.g(t), x_t.ndim)
     z = encoder.control(x_t, t)
-    integrand = (0.5 * zhat.pow(2) + zhat * z).reshape(zhat.shape[0], -1).sum(1) + div
+    integrand = 0.5 * (zhat + z).pow(2).reshape(zhat.shape[0], -1).sum(1) + div
     integral = (w * integrand).reshape(B, n_time).mean(1)
     x_T, _, _ = encoder.sample_transition(rep, t_min, as_time(T, rep), generator=generator)
     return prior_logp(x_T).reshape(B, n_time).mean(1) - integral.detach()
@@ -312,8 +311,8 @@ def simulated_path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tens
     equation): ``log p^θ_0(x_0) = ELBO + KL(Q^{x_0} ‖ P(·|x_0))``, so the bound is tight when the
     decoder is the exact reversal of the encoder (then ``P(·|x_0) = Q^{x_0}``). The integrand carries
     ``½‖z‖²`` next to ``ẑᵀz + ½‖ẑ‖²``: Theorem 4 writes it as ``½‖Z‖² + ½‖Ẑ‖² + ∇·(gẐ − f) + ẐᵀZ``
-    (eq. 14; SB-FBSDE's joint loss, eq. 16, is its negative). :func:`path_elbo` omits ``½‖z‖²``, which
-    is exact for its ``z = 0`` encoders only.
+    (eq. 14; SB-FBSDE's joint loss, eq. 16, is its negative); :func:`path_elbo` has the same
+    integrand with the transitions drawn in closed form.
 
     Encoder paths: ``n_paths`` per point from ``x_0`` at ``t_min`` on ``n_steps`` steps of the
     quadratic grid :func:`sbdiff.solvers.time_grid` (the reference part of each step exact, the control

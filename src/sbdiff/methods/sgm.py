@@ -29,7 +29,8 @@ class SGM(Method):
         dim = check_flat(data)
         net = build_network(cfg, dim, reference.T)
         mean, scale, step = data_scaling(cfg, data)
-        return PathVAE(FixedEncoder(reference), ScoreDecoder(reference, net, "noise"), dim,
+        encoder = FixedEncoder(reference)
+        return PathVAE(encoder, ScoreDecoder(encoder, net, "noise"), dim,
                        cfg.model.t_min, torch.as_tensor(mean, dtype=torch.float32),
                        torch.as_tensor(scale, dtype=torch.float32), image_shape=cfg.data.shape(),
                        dequant_step=step)

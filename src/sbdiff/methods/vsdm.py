@@ -48,7 +48,8 @@ from torch import Tensor
 from .._utils import SbdiffError, append_dims
 from ..config import Config
 from ..distributed import step_generator
-from ..linear_encoder import LinearEncoder, LinearScoreDecoder
+from ..decoders import ScoreDecoder
+from ..linear_encoder import LinearEncoder
 from ..model import PathVAE
 from ..objectives import gaussian_moment_kl
 from ..solvers import time_grid
@@ -71,7 +72,7 @@ def _project(log_d: Tensor, family: str) -> Tensor:
     """Project the parameter of ``log D`` so that the eigenvalues of ``D`` lie in
     ``[1/D_BOUND, D_BOUND]`` (unchanged when they already do)."""
     bound = math.log(D_BOUND)
-    if family == "diagonal":
+    if family != "full":
         return log_d.clamp(-bound, bound)
     S = 0.5 * (log_d + log_d.T)
     mu, U = torch.linalg.eigh(S)
@@ -185,7 +186,7 @@ class VSDM(SGM):
         encoder.requires_grad_(False)  # updated by stochastic approximation in begin_step, not by the loop
         net = build_network(cfg, dim, reference.T)
         mean, scale, step = data_scaling(cfg, data)
-        return PathVAE(encoder, LinearScoreDecoder(encoder, net, "noise"), dim, cfg.model.t_min,
+        return PathVAE(encoder, ScoreDecoder(encoder, net, "noise"), dim, cfg.model.t_min,
                        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
                        image_shape=cfg.data.shape(), dequant_step=step)
 
@@ -213,7 +214,7 @@ class VSDM(SGM):
         v = self.config.vsdm
         enc = model.encoder
         gen = step_generator(self.config.seed, step, SA_STREAM, model.data_mean.device)
-        diagonal = enc.family == "diagonal"
+        diagonal = enc.family != "full"
         mom = path_moments(model, v.paths, v.path_steps, gen, diagonal=diagonal)
         g = model.reference.g(mom["t"])
         eta = self.step_size(n)
