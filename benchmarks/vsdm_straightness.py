@@ -135,9 +135,10 @@ def evaluate(run: Path, test: np.ndarray, seed: int, n: int) -> tuple[dict, np.n
     if cfg.method == "vsdm":
         enc = model.encoder
         row["encoder"] = enc.family
-        row["D"] = enc.matrix().detach().numpy().round(4).tolist()
-        row["D_eigenvalues"] = sorted(enc.spectrum()[1].detach().numpy().round(4).tolist())
-        row["prior_cov_eigenvalues"] = sorted(np.linalg.eigvalsh(enc.prior_cov().detach().numpy()).round(4).tolist())
+        rounded = lambda a: [round(float(v), 4) for v in np.ravel(a)]  # noqa: E731
+        row["D"] = rounded(enc.matrix().detach().numpy())
+        row["D_eigenvalues"] = sorted(rounded(enc.spectrum()[1].detach().numpy()))
+        row["prior_cov_eigenvalues"] = sorted(rounded(np.linalg.eigvalsh(enc.prior_cov().detach().numpy())))
         row["sa_updates"] = last.get("sa_updates", 0)
     return row, traj
 
