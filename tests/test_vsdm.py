@@ -196,3 +196,22 @@ def test_images_use_the_diagonal_encoder(tmp_path):
 def test_bad_config_values_are_clear_errors(section, message):
     with pytest.raises(SbdiffError, match=message):
         config_from_dict({"method": "vsdm", **section}).validate()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "bad_vsdm.toml"], "vsdm.encoder must be auto, full, diagonal or isotropic"),
+    (["--data", "nan.npy"], "contain NaN or inf"),
+    (["--prior", "moons"], "needs a bridge method"),
+    (["--config", "bad_ref.toml"], "method vsdm needs the VP reference"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "bad_vsdm.toml").write_text('[vsdm]\nencoder = "lowrank"\n')
+    (tmp_path / "bad_ref.toml").write_text('[reference]\nkind = "ve"\n')
+    np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
+    args = [str(tmp_path / a) if a.endswith((".toml", ".npy")) else a for a in args]
+    if "--data" not in args:
+        args = ["--data", "moons", *args]
+    code = main(["train", "--method", "vsdm", *args, "--out", str(tmp_path / "r"), "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
