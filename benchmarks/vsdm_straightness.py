@@ -10,13 +10,13 @@ the same wall-clock budget (``--minutes``) and config (defaults, or ``--config F
 contraction rate without anisotropy); ``vsdm_identity`` (``D = I`` kept, i.e. ``vsdm.freeze = 1``; ζ
 only enters the update, so this is SGM with the prior ``N(0, Σ_T)``). Then, per run:
 
-* **tortuosity** of ``--n`` (2000) PF-ODE paths (Heun, prior -> data, data coordinates) at 10, 20,
-  50 and 100 steps from the same prior points: ``E[length − chord] / E[chord]`` with
+* **tortuosity** of ``--n`` (2000) PF-ODE paths (Heun, prior -> data, data coordinates) at 3, 5, 10,
+  20, 50 and 100 steps from the same prior points: ``E[length − chord] / E[chord]`` with
   ``length = Σ_k ‖x_{k+1} − x_k‖`` and ``chord = ‖x_K − x_0‖``, 0 for straight paths; at 100 steps also
   DESIGN §6.3's ``path_straightness`` (``E∫‖v − chord/T‖²``);
 * **dark**: the share of 2000 samples (the decoder SDE with the run's ``sample.nfe`` steps) on the
   dark squares;
-* **NFE vs quality**: 10, 20, 50, 100 steps of the PF-ODE (Heun: 2 network evaluations per step) and
+* **NFE vs quality**: 3, 5, 10, 20, 50, 100 steps of the PF-ODE (Heun: 2 network evaluations per step) and
   of the SDE (Euler–Maruyama: 1 per step), share on the dark squares and W2 (``w2_exact``, POT) of
   2000 samples against 2000 fresh data points (the default SDE samples get a W2 too).
 
@@ -24,7 +24,8 @@ Prints markdown tables; writes ``vsdm_straightness.json`` and ``vsdm_straightnes
 runs' PF-ODE paths side by side) to ``--results`` (default ``benchmarks/results``), the runs to ``--out``.
 
 Usage: ``python benchmarks/vsdm_straightness.py --minutes 5`` (alone on the machine: the budgets are
-wall-clock). Targets (issue 15): VSDM's tortuosity at most 0.8× SGM's (100 steps), with at least 85 %
+wall-clock); ``--score runs/vsdm_straightness/<time>`` scores the runs of an earlier call again.
+Targets (issue 15): VSDM's tortuosity at most 0.8× SGM's (100 steps), with at least 85 %
 of its samples on the dark squares.
 """
 
@@ -52,7 +53,7 @@ from sbdiff.train import load_run
 
 ANGLE_DEG = 35.0
 SCALE = np.array([1.0, 0.25])
-STEPS = (10, 20, 50, 100)
+STEPS = (3, 5, 10, 20, 50, 100)
 
 
 def rotation(deg: float) -> np.ndarray:
@@ -152,25 +153,39 @@ def main() -> None:
     p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where JSON and plot go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=2000, help="paths and samples per measurement (W2: against as many data points)")
+    p.add_argument("--score", metavar="RUNS", help="score the runs of an earlier call (its runs/.../<time> folder) "
+                                                   "instead of training")
     args = p.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown or "sgm" not in names:
         p.error(f"--variants: unknown {unknown}" if unknown else "--variants must include sgm (the baseline)")
-    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    data_file = out / "rotated_checkerboard.npy"
-    np.save(data_file, make_data(50_000, seed=123))
+    earlier = {}
+    if args.score:
+        out = Path(args.score)
+        if not (out / "sgm").is_dir():
+            p.error(f"--score: no sgm run in {out}")
+        names = [v for v in names if (out / v).is_dir()]
+        old = results / "vsdm_straightness.json"
+        if old.is_file() and json.loads(old.read_text()).get("runs") == str(out):
+            earlier = json.loads(old.read_text())
+    else:
+        out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True)
+        np.save(out / "rotated_checkerboard.npy", make_data(50_000, seed=123))
     test = make_data(args.n, seed=456)
 
     rows, trajs = {}, {}
     for name in names:
-        method = VARIANTS[name][0]
-        wall = train(method, data_file, args.minutes, out / name, variant_config(name, args.config, out))
+        if args.score:
+            wall = earlier.get(name, {}).get("train_wall_s")
+        else:
+            wall = round(train(VARIANTS[name][0], out / "rotated_checkerboard.npy", args.minutes, out / name,
+                               variant_config(name, args.config, out)), 1)
         rows[name], trajs[name] = evaluate(out / name, test, args.seed, args.n)
-        rows[name]["train_wall_s"] = round(wall, 1)
+        rows[name]["train_wall_s"] = wall
         print(f"{name}: {rows[name]['steps']} steps, tortuosity {rows[name]['tortuosity']:.4f}, "
               f"dark {100 * rows[name]['dark']:.1f} %", flush=True)
     sgm = rows["sgm"]
