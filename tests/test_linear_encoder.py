@@ -253,3 +253,36 @@ def test_bad_arguments_raise_clear_errors():
         LinearEncoder(VP(), 0)
     with pytest.raises(SbdiffError, match="parametrization"):
         ScoreDecoder(LinearEncoder(VP(), 2), lambda x, t: x, "velocity")
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_all_families_agree_on_an_isotropic_D(time_varying):
+    """D = c·I written as a full, a diagonal and an isotropic encoder: the same transitions, control,
+    prior, noise-parametrised decoder and DSM loss (to rounding)."""
+    ref, c = VP(), math.log(0.4)
+    encs = {}
+    for family, value in (("full", c * torch.eye(3, dtype=F64)), ("diagonal", torch.full((3,), c, dtype=F64)),
+                          ("isotropic", torch.full((1,), c, dtype=F64))):
+        enc = LinearEncoder(ref, 3, family, time_varying=time_varying).double()
+        with torch.no_grad():
+            enc.log_d.copy_(value)
+            if time_varying:
+                torch.manual_seed(5)  # the same c(t) for every family
+                for p in enc.time_scale.parameters():
+                    p.copy_(0.4 * torch.randn(p.shape, dtype=F64))
+        encs[family] = enc
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.rand(32, generator=torch.Generator().manual_seed(1), dtype=F64) * 0.89 + 0.11  # after s = 0.1
+    net = torch.nn.Linear(3, 3).double()
+    f = lambda y, tt: net(y) * (1 + tt[:, None])  # noqa: E731
+    out = {}
+    with torch.no_grad():
+        for family, enc in encs.items():
+            gen = torch.Generator().manual_seed(2)
+            dec = ScoreDecoder(enc, f, "noise")
+            out[family] = [enc.sample_transition(x, 0.1, t, generator=gen)[0], enc.covariance(0.1, t, x),
+                           enc.control(x, t), enc.prior_cov(), enc.prior_logp(x), dec.control(x, t),
+                           dsm_loss(enc, dec, x, t, generator=torch.Generator().manual_seed(3))]
+    for family in ("diagonal", "isotropic"):
+        for i, (a, b) in enumerate(zip(out["full"], out[family])):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), (family, i)
