@@ -243,7 +243,11 @@ def test_isotropic_gaussian_baseline_is_the_closed_form():
 
 
 # -- end to end --------------------------------------------------------------------------------------
-def test_sgm_image_run_end_to_end(tmp_path, capsys):
+IMAGE_METHODS = {"sgm": "", "vsdm": "[vsdm]\nwarmup = 2\ninterval = 2\npaths = 4\npath_steps = 3\n"}
+
+
+@pytest.mark.parametrize("method", list(IMAGE_METHODS))
+def test_image_run_end_to_end(tmp_path, capsys, method):
     from PIL import Image
 
     from sbdiff.train import load_run
@@ -254,8 +258,8 @@ def test_sgm_image_run_end_to_end(tmp_path, capsys):
     np.save(tmp_path / "sq.npy", imgs)
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(
-        f'[data]\ndata = "{tmp_path / "sq.npy"}"\n[model]\nunet_channels = 8\ntime_dim = 16\n'
-        "[train]\nsteps = 6\nbatch_size = 16\nlog_every = 3\n[sample]\nnfe = 5\n")
+        f'method = "{method}"\n[data]\ndata = "{tmp_path / "sq.npy"}"\n[model]\nunet_channels = 8\ntime_dim = 16\n'
+        "[train]\nsteps = 6\nbatch_size = 16\nlog_every = 3\n[sample]\nnfe = 5\n" + IMAGE_METHODS[method])
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--out", str(run), "--quiet"]) == 0
     for name in ("samples.png", "trajectories.png"):
@@ -263,6 +267,8 @@ def test_sgm_image_run_end_to_end(tmp_path, capsys):
     cfg, model = load_run(run)
     assert cfg.data.image_shape == "1x8x8" and cfg.data.levels == 256 and cfg.data.dequantize == "uniform"
     assert isinstance(model.decoder.net, UNet) and model.image_shape == (1, 8, 8) and model.dequant_step == 1.0
+    if method == "vsdm":  # the diagonal encoder, updated at steps 2 and 4
+        assert model.encoder.family == "diagonal" and float(model.encoder.log_d.abs().max()) > 0
     out = tmp_path / "s.npy"
     assert main(["sample", str(run), "--n", "5", "--out", str(out), "--nfe", "4", "--png", str(tmp_path / "g.png"),
                  "--quiet"]) == 0
