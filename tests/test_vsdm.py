@@ -145,6 +145,9 @@ def test_cli_vectors_train_sample_trajectory_eval(tmp_path):
                  "--steps", "20", "--out", str(run), "--quiet"]) == 0
     cfg, model = load_run(run)
     assert cfg.vsdm.encoder == "full" and model.encoder.log_d.abs().max() > 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])  # window means
+    assert last["d_eig_0"] == pytest.approx(last["d_min"]) and last["d_eig_1"] == pytest.approx(last["d_max"])
+    assert last["d_eig_0"] < last["d_eig_1"] and {"drift_matching", "prior_loss", "sa_loss"} <= set(last)
     assert main(["sample", str(run), "--n", "16", "--ode", "--trajectory", str(tmp_path / "traj.npy"),
                  "--out", str(tmp_path / "s.npy"), "--quiet"]) == 0
     traj = np.load(tmp_path / "traj.npy")

@@ -66,6 +66,9 @@ SA_STREAM = 1000
 #: Neither binds on a healthy run; they keep a decoder that is still poor from throwing ``D`` to 0 or ∞.
 D_BOUND = 100.0
 MAX_STEP = 1.0
+#: Up to this dimension every eigenvalue of ``D`` is logged (``d_eig_0 <= d_eig_1 <= …``); above it
+#: only ``d_min`` and ``d_max``.
+LOGGED_EIGENVALUES = 8
 
 
 def _project(log_d: Tensor, family: str) -> Tensor:
@@ -243,14 +246,16 @@ class VSDM(SGM):
                 p.copy_(theta[k])
             for p_ema, p in zip(ema_model.encoder.parameters(), enc.parameters()):
                 p_ema.copy_(p)  # the averaged decoder is paired with the current encoder
-            lam = enc.spectrum()[1]
+            lam = torch.sort(enc.spectrum()[1]).values
+            eig = {f"d_eig_{i}": float(v) for i, v in enumerate(lam)} if lam.numel() <= LOGGED_EIGENVALUES else {}
             self._last = {**self._last, "sa_loss": loss0 + float(mom["zz"]) / 2, "sa_updates": float(n),
-                          "sa_lr": eta, "d_min": float(lam.min()), "d_max": float(lam.max())}
+                          "sa_lr": eta, "d_min": float(lam[0]), "d_max": float(lam[-1]), **eig}
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """SGM's DSM loss (with this encoder's transitions) plus the last encoder update's diagnostics:
         ``sa_loss`` (``J + ½E∫‖ẑ‖²``, the forward half-bridge's path KL up to a constant), ``d_min``,
-        ``d_max`` (extreme eigenvalues of ``D``), ``sa_lr`` and ``sa_updates``."""
+        ``d_max`` (extreme eigenvalues of ``D``; every one, ascending, as ``d_eig_i`` for ``d <= 8``),
+        ``sa_lr`` and ``sa_updates``."""
         out = super().losses(model, batch, generator)
         for k, val in self._last.items():
             out[k] = torch.tensor(val, dtype=out["loss"].dtype, device=out["loss"].device)
