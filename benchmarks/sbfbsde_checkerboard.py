@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from sbdiff.checkpoint import read_checkpoint
+from sbdiff.config import config_from_dict, dumps_config
 from sbdiff.data import make_builtin, on_checkerboard
 
 
@@ -49,18 +50,6 @@ def sbfbsde_config(first_steps: int, encoder_steps: int, data: str) -> dict:
         "sbfbsde": {"hidden": 0, "warm_start": "dsm", "first_steps": first_steps, "encoder_steps": encoder_steps,
                     "freeze_encoder": 1, "num_steps": 100, "cache_size": 2048, "cache_refresh": 250},
     }
-
-
-def write_toml(cfg: dict, path: Path) -> None:
-    lines = []
-    for key, value in cfg.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in value.items())
-    path.write_text("\n".join(lines) + "\n")
 
 
 def calibrate(data: str, train: np.ndarray) -> tuple[float, float]:
@@ -100,7 +89,7 @@ def main() -> None:
     budget = 60.0 * args.minutes
     first = max(1, int(args.dsm_share * budget / dsm_s))
     enc = max(1, int(args.encoder_share * budget / div_s))
-    write_toml(sbfbsde_config(first, enc, data), out / "sbfbsde.toml")
+    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(sbfbsde_config(first, enc, data))))
     print(f"calibration: {1000 * dsm_s:.1f} ms/step DSM, {1000 * div_s:.1f} ms/step divergence form -> "
           f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends", flush=True)
 
