@@ -195,3 +195,19 @@ def test_bridge_hook_scores_decode_as_the_conditional_plan(monkeypatch):
     bad = runner.run_bench("eot", "dsb", 2, 1.0, **sizes)
     assert good["cbw2_note"] is None and good["cbw2_uvp"] < 3 * floor["cbw2_uvp"] + 0.5
     assert bad["cbw2_uvp"] > 10 * good["cbw2_uvp"]
+
+
+def test_cli_bench_config_sets_the_training(tmp_path, capsys, one_torch_thread):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[model]\nhidden = 16\nblocks = 1\n[train]\nbatch_size = 64\n")
+    out = tmp_path / "row.json"
+    assert main(["bench", "gaussian", "--method", "sgm", "--steps", "5", "--n-marginal", "300", "--nfe", "5",
+                 "--config", str(cfg), "--json", str(out), "--quiet"]) == 0
+    row = json.loads(out.read_text())
+    assert row["train_steps"] == 5 and row["overrides"] == {"model": {"hidden": 16, "blocks": 1},
+                                                             "train": {"batch_size": 64}}
+    cfg.write_text("[model]\nwidth = 16\n")
+    capsys.readouterr()
+    assert main(["bench", "gaussian", "--method", "sgm", "--steps", "5", "--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'model.width'" in err and len(err.splitlines()) == 1

@@ -396,10 +396,12 @@ def test_cross_cov_error_of_the_bench_row():
     assert exact < 5 and 90 < indep < 110
 
 
-def test_dsm_warm_start_is_the_sgm_preset(tmp_path):
-    """Iteration 0 with ``warm_start = "dsm"`` trains exactly what ``method = "sgm"`` trains: same
-    network (initialisation included), same loss, same random numbers: the trained decoders agree bit
-    for bit (with SGM's constant learning rate, ``lr_final = 1``, and SGM's network, ``hidden = 0``)."""
+@pytest.mark.parametrize("schedule", ["alternating", "joint"])
+def test_dsm_warm_start_is_the_sgm_preset(tmp_path, schedule):
+    """Iteration 0 with ``warm_start = "dsm"`` (joint: the first ``first_steps`` steps) trains exactly
+    what ``method = "sgm"`` trains: same network (initialisation included), same loss, same random
+    numbers: the trained decoders agree bit for bit (with SGM's constant learning rate, ``lr_final =
+    1``, and SGM's network, ``hidden = 0``), and the encoder is still the reference."""
     from safetensors.torch import load_file
 
     gd = GaussianData([1.0, -2.0], [[2.0, 1.2], [1.2, 1.0]], VP())
@@ -411,6 +413,7 @@ def test_dsm_warm_start_is_the_sgm_preset(tmp_path):
     fit(cfg.validate(), tmp_path / "sgm", progress=False)
     cfg.method = "sbfbsde"
     cfg.sbfbsde.hidden, cfg.sbfbsde.lr_final, cfg.sbfbsde.half_steps = 0, 1.0, 100
+    cfg.sbfbsde.schedule, cfg.sbfbsde.first_steps = schedule, 100 if schedule == "joint" else 0
     fit(cfg.validate(), tmp_path / "sb", progress=False)
     a = {k: v for k, v in load_file(str(tmp_path / "sgm" / "checkpoint.safetensors")).items()
          if k.startswith("model.decoder.")}
@@ -418,5 +421,28 @@ def test_dsm_warm_start_is_the_sgm_preset(tmp_path):
          if k.startswith("model.decoder.")}
     assert len(a) > 5 and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    moved = load_file(str(tmp_path / "sb" / "checkpoint.safetensors"))["model.decoder.net.out.2.weight"]
-    assert moved.abs().sum() > 0  # trained: the zero-initialised output layer moved
+    state = load_file(str(tmp_path / "sb" / "checkpoint.safetensors"))
+    assert state["model.decoder.net.out.2.weight"].abs().sum() > 0  # trained: the zero-initialised output moved
+    assert state["model.encoder.net.out.2.weight"].abs().sum() == 0  # the encoder is still the reference
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "bad_sb.toml"], "sbfbsde.schedule must be alternating or joint"),
+    (["--data", "nan.npy"], "contain NaN or inf"),
+    (["--prior", "three.npy"], "dimension"),
+    (["--config", "joint.toml", "--prior", "moons"], "joint needs the Gaussian prior"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    from sbdiff.cli import main
+
+    (tmp_path / "bad_sb.toml").write_text('[sbfbsde]\nschedule = "both"\n')
+    (tmp_path / "joint.toml").write_text('[sbfbsde]\nschedule = "joint"\n')
+    np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
+    np.save(tmp_path / "three.npy", np.zeros((50, 3)))
+    args = [str(tmp_path / a) if a.endswith((".toml", ".npy")) else a for a in args]
+    if "--data" not in args:
+        args = ["--data", "moons", *args]
+    code = main(["train", "--method", "sbfbsde", *args, "--out", str(tmp_path / "r"), "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

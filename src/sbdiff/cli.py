@@ -315,8 +315,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SbdiffError(f"--dim must be at least 1, got {args.dim}")
     if args.eps is not None and not (args.eps > 0 and np.isfinite(args.eps)):
         raise SbdiffError(f"--eps must be a finite number > 0, got {args.eps}")
+    overrides = None
+    if args.config:
+        from .config import load_config
+
+        _, overrides = load_config(args.config)  # validated once the bench has set data and reference
     kw = dict(seed=args.seed, minutes=args.minutes, steps=args.steps, n_test=args.n_test,
-              n_samples=args.n_samples, n_marginal=args.n_marginal, nfe=args.nfe, progress=not args.quiet)
+              n_samples=args.n_samples, n_marginal=args.n_marginal, nfe=args.nfe, overrides=overrides,
+              progress=not args.quiet)
     if args.minutes == 0:
         raise SbdiffError("--minutes must be > 0")
     for line in format_table([]):
@@ -420,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-marginal", type=_positive_int, default=10000, help="samples for BW2-UVP (default 10000)")
     b.add_argument("--nfe", type=_positive_int, help="sampling steps of a trained model (default: its config)")
     b.add_argument("--json", help="write the row (with --all: {'rows': [...]}) to this JSON file")
+    b.add_argument("--config", help="TOML settings of the method's training (e.g. [sbfbsde] freeze_encoder = 5); "
+                   "the bench sets method, seed, data, prior, reference and budget itself")
     common(b)
     b.set_defaults(func=cmd_bench)
     return p

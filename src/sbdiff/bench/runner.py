@@ -110,8 +110,9 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     Returns
     -------
     dict with keys ``problem, method, dim, eps, seed, cbw2_uvp, bw2_uvp, cbw2_note, n_test,
-    n_samples, n_marginal, train_steps, train_seconds, eval_seconds``; on the Gaussian problem, for
-    ``exact`` and bridge methods, also ``cross_cov_err`` (:func:`cross_cov_error`, 10⁵ pairs).
+    n_samples, n_marginal, train_steps, train_seconds, eval_seconds`` (and ``overrides`` when given);
+    on the Gaussian problem, for ``exact`` and bridge methods, also ``cross_cov_err``
+    (:func:`cross_cov_error`, 10⁵ pairs).
     """
     import torch
 
@@ -154,6 +155,8 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
             row["cbw2_note"] = (f"not applicable: {method} is a generative method (N(0, I) -> p1), not a bridge "
                                 "from p0, so it has no conditional plan pi(.|x) to score")
     row.update(res)
+    if overrides:
+        row["overrides"] = overrides
     if problem == "gaussian" and sampler is not None:  # the coupling itself: Cov(prior point, decoded point) vs C_σ
         row["cross_cov_err"] = cross_cov_error(pair, sampler, seed=seed)
     row["eval_seconds"] = round(time.monotonic() - start, 1)

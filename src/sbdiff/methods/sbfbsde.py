@@ -23,7 +23,9 @@ Schedules (``sbfbsde.schedule``):
 
 ``joint`` (SB-FBSDE eq. 16, ``sb_joint_train``; generative mode only)
     Each step simulates encoder paths from the data batch *with gradients* and minimises the negative
-    path ELBO ``E[−log p_T(X_T)] + E ∫ [½‖z + ẑ‖² + ∇·(g ẑ)] dt`` in both networks at once.
+    path ELBO ``E[−log p_T(X_T)] + E ∫ [½‖z + ẑ‖² + ∇·(g ẑ − f)] dt`` in both networks at once. With
+    ``warm_start = "dsm"`` the first ``first_steps`` steps (default 0: none) are the SGM preset's DSM
+    steps, the encoder untouched (it is not in that loss).
 
 Trajectory caches: during a phase, ``cache_size`` paths of the frozen network (states and its control
 at every grid point) are simulated every ``cache_refresh`` steps in :meth:`SBFBSDE.begin_step`, with
@@ -408,6 +410,9 @@ class SBFBSDE(Method):
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if self.schedule is None:
+            s = self.config.sbfbsde
+            if s.warm_start == "dsm" and self._step < s.first_steps:  # joint: DSM steps before it
+                return self._dsm_losses(model, batch, generator)
             return self._joint_losses(model, batch, generator)
         phase = self._phase if self._phase is not None else self.schedule.phase(self._step)
         tag = torch.tensor(float(phase.index), device=batch.device)
