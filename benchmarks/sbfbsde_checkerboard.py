@@ -1,4 +1,4 @@
-"""SB-FBSDE acceptance on the generative checkerboard (issue 6), through the command line.
+"""SB-FBSDE acceptance on the generative checkerboard (issue 16), through the command line.
 
 The checkerboard is written as a user ``.npy`` (50 000 training points) with a held-out ``.npy``
 (5 000 points). Within the same wall-clock budget (``--minutes``, default 6) the script trains
@@ -9,15 +9,19 @@ The checkerboard is written as a user ``.npy`` (50 000 training points) with a h
 * ``sbdiff train --method sgm``, the preset it is compared with,
 
 then ``sbdiff eval --data held-out.npy`` (``nll`` by the PF-ODE, ``nelbo`` the path ELBO of SB-FBSDE
-Thm 4, both in nats on 2000 held-out points) and ``sbdiff sample --n 5000`` (share on the dark
-squares). Phase lengths are set from a short in-process calibration of this machine's speed
-(steps per second of each kind of step), so that the warm start takes ``--dsm-share`` of the budget
-and the encoder phase ``--encoder-share``.
+Thm 4, both in nats on ``--n-eval`` held-out points, default 2000) and ``sbdiff sample --n 5000``
+(share on the dark squares). Phase lengths are set from a short in-process calibration of this
+machine's speed (steps per second of each kind of step), so that the warm start takes
+``--dsm-share`` of the budget (default 35 %), the encoder phase ``--encoder-share`` (5 %) and the
+last decoder phase the rest, its learning rate decaying (cosine, to ``lr_final``) over that
+expected length. (The first acceptance run used 60 % / 15 % and a 2000-step decay: held-out
+``nll`` 3.638 against 3.611 now; ``benchmarks/README.md``.)
 
-Acceptance (issue 6): held-out ``nelbo >= nll − 0.05``, >= 88 % of samples on the dark squares,
+Acceptance (issue 16): held-out ``nelbo >= nll − 0.05``, >= 88 % of samples on the dark squares,
 NLL reported beside SGM's. Usage::
 
-    python benchmarks/sbfbsde_checkerboard.py [--minutes 6] [--out runs/sbfbsde-checkerboard]
+    python benchmarks/sbfbsde_checkerboard.py [--minutes 6] [--methods sbfbsde,sgm] [--lr 2e-3]
+        [--n-eval 2000] [--out runs/sbfbsde-checkerboard]
 
 Run it alone on the machine (budgets are wall-clock). Prints a table; writes ``results.json``.
 """
@@ -42,13 +46,16 @@ def sbdiff(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "sbdiff.cli", *args, "--quiet"], check=True)
 
 
-def sbfbsde_config(first_steps: int, encoder_steps: int, data: str) -> dict:
+def sbfbsde_config(first_steps: int, encoder_steps: int, data: str, half_steps: int = 2000,
+                   lr: float = 2e-3) -> dict:
+    """``half_steps`` is the length over which the open last decoder phase's learning rate decays."""
     return {
         "method": "sbfbsde",
         "data": {"data": data},
-        "train": {"steps": 0, "log_every": 100},
+        "train": {"steps": 0, "log_every": 100, "lr": lr},
         "sbfbsde": {"hidden": 0, "warm_start": "dsm", "first_steps": first_steps, "encoder_steps": encoder_steps,
-                    "freeze_encoder": 1, "num_steps": 100, "cache_size": 2048, "cache_refresh": 250},
+                    "half_steps": half_steps, "freeze_encoder": 1, "num_steps": 100, "cache_size": 2048,
+                    "cache_refresh": 250},
     }
 
 
@@ -74,8 +81,11 @@ def calibrate(data: str, train: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=6.0, help="training budget of each method")
-    p.add_argument("--dsm-share", type=float, default=0.6, help="share of the budget for the DSM warm start")
-    p.add_argument("--encoder-share", type=float, default=0.15, help="share of the budget for the encoder phase")
+    p.add_argument("--dsm-share", type=float, default=0.35, help="share of the budget for the DSM warm start")
+    p.add_argument("--encoder-share", type=float, default=0.05, help="share of the budget for the encoder phase")
+    p.add_argument("--lr", type=float, default=2e-3, help="sbfbsde's train.lr (SGM keeps its preset, 2e-3)")
+    p.add_argument("--methods", default="sbfbsde,sgm", help="comma-separated: which of sbfbsde, sgm to run")
+    p.add_argument("--n-eval", type=int, default=2000, help="held-out points for nll and nelbo")
     p.add_argument("--out", default="runs/sbfbsde-checkerboard")
     args = p.parse_args()
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -89,19 +99,26 @@ def main() -> None:
     budget = 60.0 * args.minutes
     first = max(1, int(args.dsm_share * budget / dsm_s))
     enc = max(1, int(args.encoder_share * budget / div_s))
-    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(sbfbsde_config(first, enc, data))))
+    last = max(1, int((1 - args.dsm_share - args.encoder_share) * budget / div_s))  # the final decoder phase
+    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(sbfbsde_config(first, enc, data, last, args.lr))))
     print(f"calibration: {1000 * dsm_s:.1f} ms/step DSM, {1000 * div_s:.1f} ms/step divergence form -> "
-          f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends", flush=True)
+          f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends "
+          f"(about {last} steps, its learning rate decaying over them)", flush=True)
 
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or set(methods) - {"sbfbsde", "sgm"}:
+        p.error(f"--methods takes sbfbsde and/or sgm, got {args.methods!r}")
     results = {"minutes": args.minutes, "calibration_ms": {"dsm": 1000 * dsm_s, "divergence": 1000 * div_s},
-               "schedule": {"first_steps": first, "encoder_steps": enc, "freeze_encoder": 1}}
-    for method in ("sbfbsde", "sgm"):
+               "schedule": {"first_steps": first, "encoder_steps": enc, "half_steps": last, "freeze_encoder": 1},
+               "sbfbsde_lr": args.lr,
+               "n_eval": args.n_eval}
+    for method in methods:
         run = out / f"{method}_run"
         extra = ["--config", str(out / "sbfbsde.toml")] if method == "sbfbsde" else ["--method", "sgm", "--data", data]
         start = time.monotonic()
         sbdiff("train", *extra, "--max-minutes", str(args.minutes), "--out", str(run))
         train_s = time.monotonic() - start
-        sbdiff("eval", str(run), "--data", str(out / "checker_test.npy"), "--n", "2000", "--json",
+        sbdiff("eval", str(run), "--data", str(out / "checker_test.npy"), "--n", str(args.n_eval), "--json",
                str(out / f"{method}_eval.json"))
         sbdiff("sample", str(run), "--n", "5000", "--out", str(out / f"{method}_samples.npy"))
         ev = json.loads((out / f"{method}_eval.json").read_text())
@@ -112,15 +129,17 @@ def main() -> None:
                            **{k: ev[k] for k in ("nll", "nll_stderr", "nelbo", "nelbo_stderr", "w2")}}
         if method == "sbfbsde" and rows:
             results[method]["last_log"] = rows[-1]
-    sb = results["sbfbsde"]
-    checks = {"nelbo >= nll - 0.05": sb["nelbo"] >= sb["nll"] - 0.05,
-              ">= 88 % on dark squares": sb["on_dark_squares"] >= 0.88}
+    checks = {}
+    if "sbfbsde" in results:
+        sb = results["sbfbsde"]
+        checks = {"nelbo >= nll - 0.05": sb["nelbo"] >= sb["nll"] - 0.05,
+                  ">= 88 % on dark squares": sb["on_dark_squares"] >= 0.88}
     results["checks"] = checks
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     print("\n| method | steps | train s | held-out nll | held-out nelbo | on dark squares | W2 |")
     print("|---|---|---|---|---|---|---|")
-    for method in ("sbfbsde", "sgm"):
+    for method in methods:
         r = results[method]
         print(f"| {method} | {r['steps']} | {r['train_seconds']:.0f} | {r['nll']:.3f} ± {r['nll_stderr']:.3f} | "
               f"{r['nelbo']:.3f} ± {r['nelbo_stderr']:.3f} | {100 * r['on_dark_squares']:.1f} % | {r['w2']:.3f} |")
