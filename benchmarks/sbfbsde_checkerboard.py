@@ -47,7 +47,7 @@ def sbdiff(*args: str) -> None:
 
 
 def sbfbsde_config(first_steps: int, encoder_steps: int, data: str, half_steps: int = 2000,
-                   lr: float = 2e-3) -> dict:
+                   lr: float = 2e-3, weighting: str = "auto") -> dict:
     """``half_steps`` is the length over which the open last decoder phase's learning rate decays."""
     return {
         "method": "sbfbsde",
@@ -55,7 +55,7 @@ def sbfbsde_config(first_steps: int, encoder_steps: int, data: str, half_steps: 
         "train": {"steps": 0, "log_every": 100, "lr": lr},
         "sbfbsde": {"hidden": 0, "warm_start": "dsm", "first_steps": first_steps, "encoder_steps": encoder_steps,
                     "half_steps": half_steps, "freeze_encoder": 1, "num_steps": 100, "cache_size": 2048,
-                    "cache_refresh": 250},
+                    "cache_refresh": 250, "weighting": weighting},
     }
 
 
@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--dsm-share", type=float, default=0.35, help="share of the budget for the DSM warm start")
     p.add_argument("--encoder-share", type=float, default=0.05, help="share of the budget for the encoder phase")
     p.add_argument("--lr", type=float, default=2e-3, help="sbfbsde's train.lr (SGM keeps its preset, 2e-3)")
+    p.add_argument("--weighting", default="auto", help="sbfbsde.weighting of the decoder phases (auto: likelihood)")
     p.add_argument("--methods", default="sbfbsde,sgm", help="comma-separated: which of sbfbsde, sgm to run")
     p.add_argument("--n-eval", type=int, default=2000, help="held-out points for nll and nelbo")
     p.add_argument("--out", default="runs/sbfbsde-checkerboard")
@@ -100,7 +101,7 @@ def main() -> None:
     first = max(1, int(args.dsm_share * budget / dsm_s))
     enc = max(1, int(args.encoder_share * budget / div_s))
     last = max(1, int((1 - args.dsm_share - args.encoder_share) * budget / div_s))  # the final decoder phase
-    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(sbfbsde_config(first, enc, data, last, args.lr))))
+    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(sbfbsde_config(first, enc, data, last, args.lr, args.weighting))))
     print(f"calibration: {1000 * dsm_s:.1f} ms/step DSM, {1000 * div_s:.1f} ms/step divergence form -> "
           f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends "
           f"(about {last} steps, its learning rate decaying over them)", flush=True)
@@ -110,7 +111,7 @@ def main() -> None:
         p.error(f"--methods takes sbfbsde and/or sgm, got {args.methods!r}")
     results = {"minutes": args.minutes, "calibration_ms": {"dsm": 1000 * dsm_s, "divergence": 1000 * div_s},
                "schedule": {"first_steps": first, "encoder_steps": enc, "half_steps": last, "freeze_encoder": 1},
-               "sbfbsde_lr": args.lr,
+               "sbfbsde_lr": args.lr, "sbfbsde_weighting": args.weighting,
                "n_eval": args.n_eval}
     for method in methods:
         run = out / f"{method}_run"

@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-marginal", type=_positive_int, default=10000, help="samples for BW2-UVP (default 10000)")
     b.add_argument("--nfe", type=_positive_int, help="sampling steps of a trained model (default: its config)")
     b.add_argument("--json", help="write the row (with --all: {'rows': [...]}) to this JSON file")
-    b.add_argument("--config", help="TOML settings of the method's training (e.g. [sbfbsde] freeze_encoder = 5); "
+    b.add_argument("--config", help="TOML settings of the method's training (e.g. [sbfbsde] freeze_encoder = 6); "
                    "the bench sets method, seed, data, prior, reference and budget itself")
     common(b)
     b.set_defaults(func=cmd_bench)

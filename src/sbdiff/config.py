@@ -192,7 +192,7 @@ class SBFBSDEConfig:
     grid: str = "auto"           # auto (uniform for bridges, quadratic for the Gaussian prior) | uniform | quadratic
     divergence: str = "auto"     # auto (exact for d <= 2, else hutchinson) | exact | hutchinson
     probes: int = 1              # Rademacher probes per point (hutchinson)
-    weighting: str = "auto"      # decoder loss weight: auto (noise for the Gaussian prior, likelihood for bridges) | likelihood | noise
+    weighting: str = "auto"      # decoder loss weight: auto (= likelihood, the ELBO's; before issue 16 noise for the Gaussian prior) | likelihood | noise (DSM's σ²/g²)
     cache_size: int = 2048       # paths in the trajectory cache
     cache_refresh: int = 250     # steps between cache refreshes; 0: once per phase
     lr_final: float = 0.1        # the learning rate decays (cosine) to lr_final * train.lr over each phase (open last phase: over half_steps, then stays)

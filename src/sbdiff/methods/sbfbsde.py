@@ -217,8 +217,9 @@ class SBFBSDE(Method):
         return self.config.data.prior != "gaussian"
 
     def weighting(self) -> str:
+        """``likelihood`` (``auto``: the ELBO's own weighting, both modes) or ``noise``."""
         w = self.config.sbfbsde.weighting
-        return ("likelihood" if self.bridge_mode else "noise") if w == "auto" else w
+        return "likelihood" if w == "auto" else w
 
     def exact_divergence(self, dim: int) -> bool:
         div = self.config.sbfbsde.divergence
