@@ -84,3 +84,18 @@ def stderr(x) -> float:
 def write_array(path, arr):
     np.save(path, np.asarray(arr))
     return str(path)
+
+
+def assert_train_refused(tmp_path, capsys, method: str, args: list[str], message: str) -> None:
+    """``sbdiff train --method METHOD ARGS`` on bad input: exit status 2, one line naming the problem
+    (``message``), and no run directory. File arguments (``*.toml``, ``*.npy``) are names in
+    ``tmp_path``; ``--data moons`` is added unless ``args`` set the data."""
+    from sbdiff.cli import main
+
+    args = [str(tmp_path / a) if a.endswith((".toml", ".npy")) else a for a in args]
+    if "--data" not in args:
+        args = ["--data", "moons", *args]
+    code = main(["train", "--method", method, *args, "--out", str(tmp_path / "r"), "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

@@ -21,7 +21,7 @@ from sbdiff.objectives import (divergence_matching, dsm_loss, gaussian_kl_estima
                                simulate_controlled, simulated_path_elbo)
 from sbdiff.references import VP, Brownian
 
-from conftest import GaussianData, stderr
+from conftest import GaussianData, assert_train_refused, stderr
 
 
 # -- the exact Gaussian SB as differentiable torch fields ----------------------------------------
@@ -433,16 +433,8 @@ def test_dsm_warm_start_is_the_sgm_preset(tmp_path, schedule):
     (["--config", "joint.toml", "--prior", "moons"], "joint needs the Gaussian prior"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    from sbdiff.cli import main
-
     (tmp_path / "bad_sb.toml").write_text('[sbfbsde]\nschedule = "both"\n')
     (tmp_path / "joint.toml").write_text('[sbfbsde]\nschedule = "joint"\n')
     np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
     np.save(tmp_path / "three.npy", np.zeros((50, 3)))
-    args = [str(tmp_path / a) if a.endswith((".toml", ".npy")) else a for a in args]
-    if "--data" not in args:
-        args = ["--data", "moons", *args]
-    code = main(["train", "--method", "sbfbsde", *args, "--out", str(tmp_path / "r"), "--steps", "2", "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "r").exists()
+    assert_train_refused(tmp_path, capsys, "sbfbsde", args, message)

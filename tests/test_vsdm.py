@@ -17,6 +17,8 @@ from sbdiff.methods import make_method
 from sbdiff.methods.vsdm import VSDM
 from sbdiff.train import fit, load_run, resume_run
 
+from conftest import assert_train_refused
+
 F64 = torch.float64
 
 
@@ -211,10 +213,4 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "bad_vsdm.toml").write_text('[vsdm]\nencoder = "lowrank"\n')
     (tmp_path / "bad_ref.toml").write_text('[reference]\nkind = "ve"\n')
     np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
-    args = [str(tmp_path / a) if a.endswith((".toml", ".npy")) else a for a in args]
-    if "--data" not in args:
-        args = ["--data", "moons", *args]
-    code = main(["train", "--method", "vsdm", *args, "--out", str(tmp_path / "r"), "--steps", "2", "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "r").exists()
+    assert_train_refused(tmp_path, capsys, "vsdm", args, message)
