@@ -322,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _, overrides = load_config(args.config)  # validated once the bench has set data and reference
     kw = dict(seed=args.seed, minutes=args.minutes, steps=args.steps, n_test=args.n_test,
               n_samples=args.n_samples, n_marginal=args.n_marginal, nfe=args.nfe, overrides=overrides,
-              progress=not args.quiet)
+              official_dir=args.official_dir, progress=not args.quiet)
     if args.minutes == 0:
         raise SbdiffError("--minutes must be > 0")
     for line in format_table([]):
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="train and score a method on a ground-truth pair (Gaussian SB, entropic-OT mixtures)")
     b.add_argument("problem", choices=("gaussian", "eot"))
     b.add_argument("--method", default="exact",
-                   help="exact (the pair's own sampler: the noise floor; default) or a method name")
+                   help="exact (the pair's own sampler: the noise floor; default), a method name, or the peer "
+                        "sf2m (torchcfm's SF2M-Sink; pip install -e '.[bench]')")
     b.add_argument("--dim", type=int, help="dimension D (default 2)")
     b.add_argument("--eps", type=float, help="entropy weight / reference variance eps (default 1)")
     b.add_argument("--all", action="store_true", help="sweep the 12 cells D in {2,16,64,128} x eps in {0.1,1,10}")
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-marginal", type=_positive_int, default=10000, help="samples for BW2-UVP (default 10000)")
     b.add_argument("--nfe", type=_positive_int, help="sampling steps of a trained model (default: its config)")
     b.add_argument("--json", help="write the row (with --all: {'rows': [...]}) to this JSON file")
+    b.add_argument("--official-dir", help="eot: the official pairs of Gushchin et al. 2023, read from their "
+                   "downloaded files in this directory (sbdiff.bench.official), instead of sbdiff's own draw")
     b.add_argument("--config", help="TOML settings of the method's training (e.g. [sbfbsde] freeze_encoder = 6); "
                    "the bench sets method, seed, data, prior, reference and budget itself")
     common(b)

@@ -16,17 +16,20 @@ static SB for the reference ``brownian(eps)`` on ``[0, 1]``. In closed form:
 ``v*(x, t) = eps ∇ log Σ_k w_k N(x | r_k, S_k + eps (1−t) I)`` (DESIGN §6.2).
 
 Parameter recipe. The original benchmark ships its parameters as downloaded tensors (one source per
-dimension, one potential per (dimension, eps); ``D ∈ {2, 16, 64, 128}``, ``eps ∈ {0.1, 1, 10}``) and
-its code does not contain the draw. We keep its structure — 3 source components with equal weights,
-5 potential components, full covariances with random orientation, the source independent of eps and
-the potential drawn per (dimension, eps) — and draw our own parameters reproducibly from a seed:
+dimension, one potential per (dimension, eps); ``eps ∈ {0.1, 1, 10}``, the published tables at
+``D ∈ {2, 16, 64, 128}``) and its code does not contain the draw. The pairs of :func:`make_pair` are
+**our own draw, not the official structure**: the official files have isotropic covariances and
+unequal weights, while we use 3 source components with equal weights, 5 potential components and
+full covariances with random orientation (only the split is kept: the source is independent of eps,
+the potential drawn per (dimension, eps)), drawn reproducibly from a seed:
 
 * source: ``π_m = 1/3``, ``a_m ~ U[−2, 2]^D``, ``Σ_m = O diag(λ) Oᵀ``, ``O`` Haar, ``λ_i ~ U[0.1, 1]``;
 * potential: ``w_k ∝ U[0.5, 1.5]``, ``r_k ~ U[−2, 2]^D``, ``S_k = O diag(λ) Oᵀ``, ``λ_i ~ U[0.1, 1]``.
 
-So the numbers of this benchmark are comparable across sbdiff versions and methods, **not** with the
-tables of Gushchin et al. (different random pairs). The metrics follow their protocol (see
-:mod:`sbdiff.bench.metrics`).
+So the numbers of these pairs are comparable across sbdiff versions and methods only, **not** with
+the tables of Gushchin et al. (different pairs, different structure). For the published tables, load
+the downloaded official files with :func:`sbdiff.bench.official.load_official_pair` (``sbdiff bench
+--official-dir``). The metrics follow their protocol (see :mod:`sbdiff.bench.metrics`).
 """
 
 from __future__ import annotations
@@ -78,7 +81,15 @@ class EOTPair:
 
     All computations are in float64; point arguments accept numpy arrays or torch tensors; samplers
     take ``seed`` (int, numpy Generator or None) and return numpy arrays.
+
+    Attributes ``test_inputs`` (ndarray ``(n, d)``: fixed cBW2-UVP test points) and
+    ``target_variance`` (float: the cBW2-UVP normaliser ``tr Cov(p1)``) are None, except on the
+    official pairs of :func:`sbdiff.bench.official.load_official_pair`, where
+    :func:`sbdiff.bench.metrics.plan_metrics` uses them.
     """
+
+    test_inputs = None
+    target_variance = None
 
     def __init__(self, source_weights, source_means, source_covs, potential_weights, potential_means,
                  potential_covs, eps: float):

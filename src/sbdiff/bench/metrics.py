@@ -181,15 +181,21 @@ def plan_metrics(pair, sampler=None, *, marginal_samples=None, n_test: int = 100
     n_test, n_samples : int
         cBW2-UVP: ``n_test`` test points ``x_i ~ p0`` (drawn from the seed, the same for every
         method), ``n_samples`` draws of ``π̂(·|x_i)`` each; their fitted Gaussian is compared with
-        the exact moments of ``π*(·|x_i)``.
+        the exact moments of ``π*(·|x_i)``, and the mean squared BW2 is divided by ``tr Cov(p1)``
+        (``pair.target_moments()``). When the pair has fixed test points (``pair.test_inputs``, an
+        ``(n, d)`` array: the official pairs of :func:`sbdiff.bench.official.load_official_pair`),
+        the first ``min(n_test, n)`` of them are used instead of fresh draws; when it has
+        ``pair.target_variance`` (their ``tr Cov(p1)``), that is the cBW2-UVP normaliser. Pairs
+        without these attributes (or with None) are scored as described above.
     n_marginal : int
         BW2-UVP: number of model samples of ``p̂1``, compared with the moments of ``p1``
         (``pair.target_moments()``: exact for Gaussians, Rao–Blackwellised over 200k source draws
-        for the mixtures).
+        for the mixtures; also for official pairs).
 
     Returns
     -------
-    dict with ``cbw2_uvp`` (None without a sampler), ``bw2_uvp`` and the sizes used.
+    dict with ``cbw2_uvp`` (None without a sampler), ``bw2_uvp`` and the sizes used (``n_test``: the
+    number of test points actually used).
     """
     if sampler is None and marginal_samples is None:
         raise SbdiffError("plan_metrics needs a conditional sampler or marginal samples")
@@ -199,7 +205,12 @@ def plan_metrics(pair, sampler=None, *, marginal_samples=None, n_test: int = 100
     t_mean, t_cov = pair.target_moments()
     res: dict = {"cbw2_uvp": None, "bw2_uvp": None, "n_test": None, "n_samples": None, "n_marginal": None}
     if sampler is not None:
-        x_test = pair.sample_source(n_test, np.random.default_rng([seed, 1]))
+        fixed = getattr(pair, "test_inputs", None)
+        if fixed is not None:
+            x_test = np.asarray(fixed, np.float64)[:n_test]
+            n_test = len(x_test)
+        else:
+            x_test = pair.sample_source(n_test, np.random.default_rng([seed, 1]))
         true_m, true_c = pair.conditional_moments(x_test)
         rng = np.random.default_rng([seed, 2])
         per = max(1, chunk_points // n_samples)
@@ -208,8 +219,9 @@ def plan_metrics(pair, sampler=None, *, marginal_samples=None, n_test: int = 100
             xs = x_test[i:i + per]
             y = np.asarray(sampler(np.repeat(xs, n_samples, axis=0), rng), np.float64)
             pm[i:i + per], pc[i:i + per] = fit_gaussian(y.reshape(len(xs), n_samples, -1))
-        res.update(cbw2_uvp=cbw2_uvp(pm, pc, true_m, true_c, float(np.trace(t_cov))), n_test=n_test,
-                   n_samples=n_samples)
+        t_var = getattr(pair, "target_variance", None)
+        t_var = float(np.trace(t_cov)) if t_var is None else float(t_var)
+        res.update(cbw2_uvp=cbw2_uvp(pm, pc, true_m, true_c, t_var), n_test=n_test, n_samples=n_samples)
         if marginal_samples is None:
             x = pair.sample_source(n_marginal, np.random.default_rng([seed, 3]))
             marginal_samples = np.asarray(sampler(x, np.random.default_rng([seed, 4])), np.float64)

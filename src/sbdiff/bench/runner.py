@@ -26,6 +26,10 @@ Methods:
   - ``model.decode(x0)`` with ``x0`` a float32 tensor ``(m, d)`` of source points (data coordinates,
     as ``sbdiff decode --from``) returns ``(m, d)`` draws of ``π̂(· | x0)``.
 
+* peer solvers (:data:`sbdiff.bench.peers.PEERS`: ``sf2m``, torchcfm's SF²M-Sink) — trained by
+  their own library on the same ``n_train`` unpaired source and target samples (the same arrays), with
+  the network width and optimiser settings of the config, and scored through the same protocol.
+
 Training sees samples only, never the closed form. Scores: :func:`~sbdiff.bench.metrics.plan_metrics`.
 """
 
@@ -42,19 +46,55 @@ from .._utils import SbdiffError
 from .eot import BENCH_DIMS, BENCH_EPS, make_pair
 from .gaussian import random_gaussian_bridge
 from .metrics import plan_metrics
+from .peers import is_peer
 
 __all__ = ["PROBLEMS", "make_problem", "run_bench", "run_sweep", "format_table", "BENCH_DIMS", "BENCH_EPS"]
 
 PROBLEMS = ("gaussian", "eot")
 
 
-def make_problem(problem: str, dim: int, eps: float, seed: int = 0):
-    """The benchmark pair of a cell: a :class:`GaussianBridge` or an :class:`EOTPair`."""
+def make_problem(problem: str, dim: int, eps: float, seed: int = 0, official_dir=None):
+    """The benchmark pair of a cell: a :class:`GaussianBridge` or an :class:`EOTPair` (with
+    ``official_dir``: the official pair of Gushchin et al. read from their downloaded files,
+    :func:`~sbdiff.bench.official.load_official_pair`)."""
+    if official_dir is not None:
+        if problem != "eot":
+            raise SbdiffError("official benchmark files exist for the eot problem only")
+        from .official import load_official_pair
+
+        return load_official_pair(official_dir, dim, eps)
     if problem == "gaussian":
         return random_gaussian_bridge(dim, eps, seed)
     if problem == "eot":
         return make_pair(dim, eps, seed)
     raise SbdiffError(f"unknown benchmark problem '{problem}'; choose from {', '.join(PROBLEMS)}")
+
+
+def _training_target(pair, n_train: int, seed: int) -> np.ndarray:
+    """The ``n_train`` training samples of ``p1`` every solver of a cell sees, float32 ``(n, d)``."""
+    return pair.sample_target(n_train, np.random.default_rng([seed, 10])).astype(np.float32)
+
+
+def _training_source(pair, n_train: int, seed: int) -> np.ndarray:
+    """The ``n_train`` training samples of ``p0`` (unpaired with the target's), float32 ``(n, d)``."""
+    return pair.sample_source(n_train, np.random.default_rng([seed, 11])).astype(np.float32)
+
+
+def _train_peer(method: str, pair, eps: float, *, seed: int, minutes, steps, n_train: int, nfe, progress: bool,
+                overrides: dict | None):
+    """Train a peer solver (:mod:`sbdiff.bench.peers`) on the cell's samples with the network and
+    optimiser settings of the (overridden) default config; returns (sampler, steps, seconds)."""
+    from ..config import Config, config_from_dict
+    from .peers import PEER_NFE, PEERS
+
+    cfg = config_from_dict(overrides or {}, Config())
+    if minutes is None and steps is None:
+        steps = cfg.train.steps
+    m, t = cfg.model, cfg.train
+    return PEERS[method](_training_source(pair, n_train, seed), _training_target(pair, n_train, seed), eps,
+                         seed=seed, minutes=minutes, steps=steps, hidden=m.hidden, blocks=m.blocks,
+                         time_dim=m.time_dim, batch_size=t.batch_size, lr=t.lr, ema_decay=t.ema_decay,
+                         grad_clip=t.grad_clip, nfe=nfe or PEER_NFE, progress=progress)
 
 
 def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, minutes, steps, n_train: int,
@@ -73,13 +113,13 @@ def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, 
     elif steps is not None:
         cfg.train.steps = int(steps)
     obj = make_method(cfg)  # raises for methods that do not exist yet
-    target = pair.sample_target(n_train, np.random.default_rng([seed, 10])).astype(np.float32)
+    target = _training_target(pair, n_train, seed)
     with tempfile.TemporaryDirectory(prefix="sbdiff-bench-") as tmp:
         # the config names files (as `sbdiff train` would); the arrays are also passed directly
         np.save(Path(tmp) / f"{problem}-target.npy", target)
         cfg.data.data = str(Path(tmp) / f"{problem}-target.npy")
         if getattr(obj, "bridges", False):
-            source = pair.sample_source(n_train, np.random.default_rng([seed, 11])).astype(np.float32)
+            source = _training_source(pair, n_train, seed)
             np.save(Path(tmp) / f"{problem}-source.npy", source)
             cfg.data.prior = str(Path(tmp) / f"{problem}-source.npy")
             cfg.reference = {"kind": "brownian", "eps": float(eps)}
@@ -90,14 +130,15 @@ def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, 
 def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.0, *, seed: int = 0,
               minutes: float | None = None, steps: int | None = None, n_test: int = 1000,
               n_samples: int = 1000, n_marginal: int = 10_000, n_train: int = 50_000, nfe: int | None = None,
-              overrides: dict | None = None, progress: bool = False) -> dict:
+              overrides: dict | None = None, official_dir=None, progress: bool = False) -> dict:
     """Train (unless ``method == "exact"``) and score one cell; returns a row (dict, JSON-ready).
 
     Parameters
     ----------
     problem : {"gaussian", "eot"}
     method : str
-        ``exact`` or a method name of :data:`sbdiff.config.METHODS`.
+        ``exact``, a method name of :data:`sbdiff.methods.REGISTRY` or a peer solver of
+        :data:`sbdiff.bench.peers.PEERS` (``sf2m``: torchcfm's SF²M-Sink).
     dim, eps, seed : the cell and the seed of the pair, the test points and the training.
     minutes, steps : training budget (``minutes`` alone: time only; neither: the config default).
     n_test, n_samples, n_marginal : protocol sizes (:func:`~sbdiff.bench.metrics.plan_metrics`).
@@ -105,7 +146,11 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     nfe : sampling steps of the trained model (default: the config's ``sample.nfe``).
     overrides : nested dict overlaid on the default :class:`~sbdiff.config.Config` before the
         harness sets method, seed, budget, data and (bridges) prior/reference, e.g.
-        ``{"model": {"hidden": 64}, "train": {"batch_size": 256}}``.
+        ``{"model": {"hidden": 64}, "train": {"batch_size": 256}}`` (a peer reads ``model.hidden``,
+        ``blocks``, ``time_dim`` and ``train.batch_size``, ``lr``, ``ema_decay``, ``grad_clip``).
+    official_dir : path, optional
+        ``eot`` only: score on the official pair read from Gushchin et al.'s files in this directory
+        (their fixed test inputs and target variance where present) instead of sbdiff's own draw.
 
     Returns
     -------
@@ -125,7 +170,7 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     for name, v in (("n_train", n_train), ("nfe", nfe if nfe is not None else 1)):
         if v < 1:
             raise SbdiffError(f"{name} must be at least 1, got {v}")
-    pair = make_problem(problem, dim, eps, seed)
+    pair = make_problem(problem, dim, eps, seed, official_dir)
     row = {"problem": problem, "method": method, "dim": int(dim), "eps": float(eps), "seed": int(seed),
            "cbw2_uvp": None, "bw2_uvp": None, "cbw2_note": None, "train_steps": 0, "train_seconds": 0.0}
     sizes = dict(n_test=n_test, n_samples=n_samples, n_marginal=n_marginal, seed=seed)
@@ -133,6 +178,12 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     if method == "exact":
         start = time.monotonic()
         sampler = pair.sample_conditional
+        res = plan_metrics(pair, sampler, **sizes)
+    elif is_peer(method):
+        sampler, n_steps, seconds = _train_peer(method, pair, eps, seed=seed, minutes=minutes, steps=steps,
+                                                n_train=n_train, nfe=nfe, progress=progress, overrides=overrides)
+        row.update(train_steps=n_steps, train_seconds=round(seconds, 1))
+        start = time.monotonic()
         res = plan_metrics(pair, sampler, **sizes)
     else:
         obj, result = _train(method, problem, pair, dim, eps, seed=seed, minutes=minutes, steps=steps,
@@ -157,6 +208,8 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     row.update(res)
     if overrides:
         row["overrides"] = overrides
+    if official_dir is not None:
+        row["official"] = str(official_dir)
     if problem == "gaussian" and sampler is not None:  # the coupling itself: Cov(prior point, decoded point) vs C_σ
         row["cross_cov_err"] = cross_cov_error(pair, sampler, seed=seed)
     row["eval_seconds"] = round(time.monotonic() - start, 1)
