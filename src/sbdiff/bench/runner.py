@@ -98,8 +98,9 @@ def _train_peer(method: str, pair, eps: float, *, seed: int, minutes, steps, n_t
 
 
 def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, minutes, steps, n_train: int,
-           progress: bool, overrides: dict | None = None):
-    """Train ``method`` on samples of ``pair``; returns (method object, TrainResult)."""
+           progress: bool, overrides: dict | None = None, run_dir=None):
+    """Train ``method`` on samples of ``pair``; returns (method object, TrainResult). ``run_dir``:
+    where ``fit`` writes its log and checkpoints (None: in memory, as the bench does)."""
     from ..config import Config, config_from_dict
     from ..methods import make_method
     from ..train import fit
@@ -124,7 +125,7 @@ def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, 
             cfg.data.prior = str(Path(tmp) / f"{problem}-source.npy")
             cfg.reference = {"kind": "brownian", "eps": float(eps)}
             cfg.data.normalize = False
-        return obj, fit(cfg.validate(), None, data=target, progress=progress)
+        return obj, fit(cfg.validate(), run_dir, data=target, progress=progress)
 
 
 def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.0, *, seed: int = 0,
