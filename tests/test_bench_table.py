@@ -173,3 +173,27 @@ def test_sf2m_row_through_the_runner(one_thread):
                                                                       "train": {"batch_size": 64}}, **TINY)
     assert row["method"] == "sf2m" and row["train_steps"] == 15 and row["train_seconds"] > 0
     assert math.isfinite(row["cbw2_uvp"]) and math.isfinite(row["bw2_uvp"])
+
+
+def test_peer_gets_the_bridge_presets_network(monkeypatch):
+    """Same network width as ours: the peer's two nets are DSB's and SB-FBSDE's (128 × 2 by default),
+    and a config override reaches the peer as it reaches the presets."""
+    from sbdiff.config import Config
+
+    seen = {}
+
+    def fake(source, target, eps, **kw):
+        seen.update(kw)
+        return None, 0, 0.0
+
+    monkeypatch.setitem(peers.PEERS, "sf2m", fake)
+    pair = random_gaussian_bridge(2, 1.0)
+    runner._train_peer("sf2m", pair, 1.0, seed=0, minutes=None, steps=1, n_train=10, nfe=None, progress=False,
+                       overrides=None)
+    dsb = Config(method="dsb").validate()
+    sb = Config(method="sbfbsde").sbfbsde
+    assert (seen["hidden"], seen["blocks"]) == (dsb.model.hidden, dsb.model.blocks) == (sb.hidden, sb.blocks)
+    assert seen["ema_decay"] == dsb.train.ema_decay and seen["nfe"] == peers.PEER_NFE
+    runner._train_peer("sf2m", pair, 1.0, seed=0, minutes=None, steps=1, n_train=10, nfe=None, progress=False,
+                       overrides={"model": {"hidden": 48}})
+    assert seen["hidden"] == 48

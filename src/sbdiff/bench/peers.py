@@ -17,10 +17,11 @@ and flow matching", AISTATS; ``torchcfm==1.0.7``):
 * sampling (their eq. 8 with ``g = σ``): Euler–Maruyama on ``dX = [v_θ + s_θ](X, t) dt + σ dW`` from
   ``X0 = x`` (the source point) to ``t = 1``: ``v + (g²/2)∇log p_t`` is the SB's forward drift.
 
-Both nets are sbdiff's :class:`~sbdiff.nets.TimeMLP` of ``model.hidden`` × ``model.blocks`` (the width
-of DSB's and VSDM's nets), trained jointly by Adam at ``train.lr`` on ``train.batch_size`` pairs per
-step, with the EMA (``train.ema_decay``) and gradient clipping of sbdiff's loop, so that a cell
-compares objectives and samplers, not optimiser settings. torchcfm is imported only here and only
+Both nets are sbdiff's :class:`~sbdiff.nets.TimeMLP` of the width the bridge presets resolve (the
+harness passes DSB's ``model.hidden`` × ``model.blocks`` = 128 × 2, which SB-FBSDE's two nets have
+too), trained jointly by Adam at ``train.lr`` on ``train.batch_size`` pairs per step, with the EMA
+(DSB's ``train.ema_decay`` 0.99) and gradient clipping of sbdiff's loop, so that a cell compares
+objectives and samplers, not network sizes or optimiser settings. torchcfm is imported only here and only
 when the peer runs: install it with ``pip install -e '.[bench]'``.
 """
 

@@ -83,11 +83,15 @@ def _training_source(pair, n_train: int, seed: int) -> np.ndarray:
 def _train_peer(method: str, pair, eps: float, *, seed: int, minutes, steps, n_train: int, nfe, progress: bool,
                 overrides: dict | None):
     """Train a peer solver (:mod:`sbdiff.bench.peers`) on the cell's samples with the network and
-    optimiser settings of the (overridden) default config; returns (sampler, steps, seconds)."""
+    optimiser settings a bridge preset resolves from the (overridden) default config (DSB's method
+    defaults: two 128×2 MLPs, EMA 0.99, the width SB-FBSDE's nets have too); returns (sampler, steps,
+    seconds)."""
     from ..config import Config, config_from_dict
     from .peers import PEER_NFE, PEERS
 
     cfg = config_from_dict(overrides or {}, Config())
+    cfg.method = "dsb"  # resolve the settings as the bridge presets do: DSB's (and SB-FBSDE's) 128×2 nets, EMA 0.99
+    cfg.validate()
     if minutes is None and steps is None:
         steps = cfg.train.steps
     m, t = cfg.model, cfg.train
