@@ -1,14 +1,15 @@
 """Training cost of each method preset beside SGM: same network, same data, same machine, one after another.
 
-    python benchmarks/preset_cost.py                          # d = 16, 60 s per method, MLP 256×3
+    python benchmarks/preset_cost.py                          # d = 16, 60 s per method, MLP 128×2
     python benchmarks/preset_cost.py --seconds 300 --json     # also write benchmarks/results/preset_cost_d16_300s.json
-    python benchmarks/preset_cost.py --methods sgm,dsb --hidden 128 --blocks 2
+    python benchmarks/preset_cost.py --methods sgm,dsb --hidden 64 --blocks 1
 
 The problem is the EOT pair ``sbdiff.bench.eot.make_pair(dim, 1.0)``, trained exactly as the bench
 harness does (``sbdiff.bench.runner._train``, called here): ``sgm`` and ``vsdm`` on target samples
 with their Gaussian prior, ``dsb`` and ``sbfbsde`` as bridges from the source samples (reference
 ``brownian(1.0)``, ``data.normalize = false``). Every method gets the same network (overrides
-``model.hidden/blocks`` and ``sbfbsde.hidden = 0``), batch, seed and wall-clock budget
+``model.hidden/blocks``, default 128 × 2, the width DSB and SB-FBSDE resolve by default, and
+``sbfbsde.hidden = 0``; the child refuses a run whose resolved width differs), batch, seed and wall-clock budget
 (``--seconds``, training only), phases of ``--phase-steps`` (1000) steps for DSB and SB-FBSDE
 so that a short budget covers decoder and encoder half-bridges (SB-FBSDE's first phase is its DSM
 warm start, SGM's objective), torch's default thread count, a log line every ``--log-every`` steps
@@ -100,6 +101,10 @@ def child(a: argparse.Namespace) -> dict:
         obj, res = _train(a.child, "eot", pair, a.dim, 1.0, seed=a.seed, minutes=a.seconds / 60, steps=None,
                           n_train=a.n_train, progress=False, overrides=overrides, run_dir=run)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    m = obj.config.model
+    if (m.hidden, m.blocks) != (a.hidden, a.blocks):  # a method default replaced a value left at the generic one
+        raise SystemExit(f"{a.child} resolved the network to {m.hidden}×{m.blocks}, not {a.hidden}×{a.blocks}: "
+                         "choose a width other than the generic default 256×3")
     if not rows:
         raise SystemExit(f"{a.child}: {res.steps} steps in {a.seconds:g} s, no log line: raise --seconds or "
                          "lower --log-every")
@@ -139,8 +144,8 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60.0, help="training budget per method (wall clock)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=128, help="MLP width (default: the bridge presets' 128)")
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks (default: the bridge presets' 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=50_000, help="training samples of each side")
     p.add_argument("--log-every", type=int, default=50)
