@@ -63,24 +63,31 @@ class SF2MSampler:
     def __call__(self, x, rng) -> np.ndarray:
         import torch
 
+        from ..solvers import euler_maruyama
+
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         x = np.asarray(x, np.float64)
         out = np.empty_like(x)
-        dt = 1.0 / self.nfe
+        ts = torch.linspace(0.0, 1.0, self.nfe + 1)
+
+        def drift(z, t):
+            return self.flow(z, t) + self.score(z, t)
+
+        def diffusion(t):
+            return torch.full_like(t, self.sigma)
+
         with torch.no_grad():
             for i in range(0, len(x), self.chunk):
                 z = torch.as_tensor(x[i:i + self.chunk], dtype=torch.float32)
-                for k in range(self.nfe):
-                    t = torch.full((len(z),), k * dt)
-                    drift = self.flow(z, t) + self.score(z, t)
-                    z = z + drift * dt + self.sigma * math.sqrt(dt) * torch.randn(z.shape, generator=gen)
+                # noise on every step, the last too: y ~ π̂(·|x) is the SDE's endpoint, not its mean
+                z = euler_maruyama(drift, diffusion, z, ts, generator=gen, noise_last=True)
                 out[i:i + self.chunk] = z.double().numpy()
         return out
 
 
 def train_sf2m(source: np.ndarray, target: np.ndarray, eps: float, *, seed: int = 0, minutes: float | None = None,
-               steps: int | None = None, hidden: int = 256, blocks: int = 3, time_dim: int = 64,
-               batch_size: int = 512, lr: float = 2e-3, ema_decay: float = 0.999, grad_clip: float = 1.0,
+               steps: int | None = None, hidden: int = 128, blocks: int = 2, time_dim: int = 64,
+               batch_size: int = 512, lr: float = 2e-3, ema_decay: float = 0.99, grad_clip: float = 1.0,
                nfe: int = PEER_NFE, progress: bool = False) -> tuple[SF2MSampler, int, float]:
     """Train torchcfm's SF²M-Sink on unpaired samples (module docstring for the objective).
 
@@ -91,8 +98,8 @@ def train_sf2m(source: np.ndarray, target: np.ndarray, eps: float, *, seed: int 
     eps : float
         Entropy weight: ``sigma = √eps``.
     minutes, steps : training budget (wall clock and/or optimiser steps; at least one).
-    hidden, blocks, time_dim : the two :class:`~sbdiff.nets.TimeMLP` nets.
-    batch_size, lr, ema_decay, grad_clip : optimisation (sbdiff's defaults).
+    hidden, blocks, time_dim : the two :class:`~sbdiff.nets.TimeMLP` nets (default: the bridge presets').
+    batch_size, lr, ema_decay, grad_clip : optimisation (default: DSB's resolved settings).
     nfe : Euler–Maruyama steps of the returned sampler.
 
     Returns

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from .._utils import SbdiffError
+from ..checkpoint import atomic_write_text
 from .runner import run_bench
 
 __all__ = ["run_table", "format_comparison", "plot_comparison", "DEFAULT_SOLVERS", "DEFAULT_CELLS"]
@@ -37,12 +38,6 @@ _SETTINGS = ("minutes", "steps", "seed", "n_test", "n_samples", "n_marginal", "n
 
 def _key(row: dict) -> tuple:
     return row["method"], int(row["dim"]), float(row["eps"])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _check_cells(solvers, cells) -> tuple[list[str], list[tuple[int, float]]]:
@@ -135,8 +130,8 @@ def run_table(out_dir, solvers=DEFAULT_SOLVERS, cells=DEFAULT_CELLS, *, minutes:
                         overrides=overrides, progress=progress, **kw)
         state["rows"].append(row)
         done.add((method, dim, eps))
-        _write_atomic(path, json.dumps(state, indent=1) + "\n")
-        _write_atomic(out / _FILES[1], "\n".join(format_comparison(state["rows"], solvers, cells)) + "\n")
+        atomic_write_text(json.dumps(state, indent=1) + "\n", path)
+        atomic_write_text("\n".join(format_comparison(state["rows"], solvers, cells)) + "\n", out / _FILES[1])
         plot_comparison(state["rows"], solvers, cells, out / _FILES[2])
         log(f"{tag}: cBW2-UVP {_pct(row['cbw2_uvp'])}, BW2-UVP {_pct(row['bw2_uvp'])}, "
             f"{row['train_steps']} steps in {row['train_seconds']} s (+{row['eval_seconds']} s scoring)")
