@@ -1,5 +1,6 @@
 # Quick start: `make demo` (trains and plots the embedded default) and `make test` (the test suite).
-# Both create .venv and install what they need when missing.
+# Both create .venv and install what they need when missing: the exact versions in constraints.txt
+# (pyproject.toml declares ranges; the install reruns when either file changes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-full test acceptance clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -145,7 +145,7 @@ def test_peer_without_torchcfm_names_the_extra(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", blocked)
-    with pytest.raises(SbdiffError, match=r"pip install -e '\.\[bench\]'"):
+    with pytest.raises(SbdiffError, match=r"pip install -c constraints\.txt -e '\.\[bench\]'"):
         peers.train_sf2m(np.zeros((4, 2)), np.zeros((4, 2)), 1.0, steps=1)
 
 

@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("problem", choices=("gaussian", "eot"))
     b.add_argument("--method", default="exact",
                    help="exact (the pair's own sampler: the noise floor; default), a method name, or the peer "
-                        "sf2m (torchcfm's SF2M-Sink; pip install -e '.[bench]')")
+                        "sf2m (torchcfm's SF2M-Sink; pip install -c constraints.txt -e '.[bench]')")
     b.add_argument("--dim", type=int, help="dimension D (default 2)")
     b.add_argument("--eps", type=float, help="entropy weight / reference variance eps (default 1)")
     b.add_argument("--all", action="store_true", help="sweep the 12 cells D in {2,16,64,128} x eps in {0.1,1,10}")

@@ -22,7 +22,7 @@ harness passes DSB's ``model.hidden`` × ``model.blocks`` = 128 × 2, which SB-F
 too), trained jointly by Adam at ``train.lr`` on ``train.batch_size`` pairs per step, with the EMA
 (DSB's ``train.ema_decay`` 0.99) and gradient clipping of sbdiff's loop, so that a cell compares
 objectives and samplers, not network sizes or optimiser settings. torchcfm is imported only here and only
-when the peer runs: install it with ``pip install -e '.[bench]'``.
+when the peer runs: install it with ``pip install -c constraints.txt -e '.[bench]'``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _import_torchcfm():
         import torchcfm
     except ImportError as exc:
         raise SbdiffError("the peer solver 'sf2m' needs torchcfm (not a dependency of sbdiff): "
-                          "pip install -e '.[bench]'") from exc
+                          "pip install -c constraints.txt -e '.[bench]'") from exc
     return torchcfm
 
 
