@@ -19,7 +19,7 @@ from . import __version__
 from ._utils import SbdiffError
 from .config import Config, config_from_dict, load_config
 from .data import load_data, on_checkerboard
-from .methods import METHODS
+from .registry import method_names
 
 EXIT_USAGE = 2
 
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a method; writes a run directory")
-    t.add_argument("--method", choices=METHODS, help="default sgm")
+    t.add_argument("--method", choices=method_names(), help="default sgm")
     t.add_argument("--data", help="built-in name or .npy/.npz/.csv path (default checkerboard)")
     t.add_argument("--prior", help="gaussian (default) or a data file (bridge mode)")
     t.add_argument("--eps", type=float, help="use the reference brownian(eps)")

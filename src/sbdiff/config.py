@@ -4,7 +4,7 @@ A config file holds any subset of the keys below; everything missing takes its d
 sections or keys, and values of the wrong type, raise :class:`SbdiffError` naming the key.
 
 ```toml
-method = "sgm"          # sgm | dsb | vsdm | sbfbsde
+method = "sgm"          # a registered preset: sgm | dsb | vsdm | sbfbsde (sbdiff.methods)
 seed = 0
 device = "cpu"
 
@@ -72,13 +72,54 @@ from typing import Any
 
 from ._utils import SbdiffError
 from .references import make_reference
+from .registry import REGISTRY, method_class
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "DSBConfig", "VSDMConfig", "SBFBSDEConfig",
-           "load_config", "save_config"]
+__all__ = ["Config", "Section", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "IMAGE_DEFAULTS",
+           "preset_sections", "set_resolved", "load_config", "save_config"]
+
+
+class Section:
+    """Base of a config section (a dataclass): remembers which keys the user set.
+
+    A key is *explicit* when it was assigned after construction (a TOML file, a CLI flag, code), or
+    given to the constructor with a value other than its default. :meth:`Config.validate` resolves
+    every other key in layers, generic default -> the method's default -> the image default, so an
+    explicit value always wins, even one equal to the generic default. The resolver writes with
+    :func:`set_resolved`, which does not mark the key explicit.
+    """
+
+    def __post_init__(self):
+        explicit = set()
+        for f in fields(self):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if getattr(self, f.name) != default:
+                explicit.add(f.name)
+        object.__setattr__(self, "_explicit", explicit)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        explicit = self.__dict__.get("_explicit")
+        if explicit is not None:
+            explicit.add(name)
+
+    def explicit(self) -> frozenset[str]:
+        """Names of the keys set by the user (see the class docstring)."""
+        return frozenset(self.__dict__.get("_explicit", ()))
+
+
+def set_resolved(section: Section, name: str, value: Any) -> None:
+    """Write a resolved value (a default layer, an ``auto`` choice) without marking it explicit."""
+    object.__setattr__(section, name, value)
+
+
+def _generic_default(section: Section, name: str) -> Any:
+    f = {f.name: f for f in fields(section)}[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     data: str = "checkerboard"
     prior: str = "gaussian"
     n_samples: int = 50_000
@@ -96,7 +137,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     hidden: int = 256
     blocks: int = 3
     time_dim: int = 64
@@ -114,7 +155,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     steps: int = 20_000
     max_minutes: float = 0.0
     batch_size: int = 512
@@ -133,76 +174,26 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Section):
     nfe: int = 500
     ode_solver: str = "heun"
 
 
-@dataclass
-class DSBConfig:
-    """Settings of ``method = "dsb"`` (DESIGN §4.2; De Bortoli et al. 2021, Alg. 1)."""
-
-    iterations: int = 6          # IPF iterations (each: one decoder and one encoder half-bridge); 0: until the budget ends
-    half_steps: int = 5000       # optimiser steps per half-bridge (6 x 5000: 55k steps, ~9 min on 2 cores at d = 16)
-    first_steps: int = 0         # steps of the first decoder half-bridge (iteration 0, the reference's reversal); 0: half_steps
-    num_steps: int = 50          # discretisation steps N of the chains (20 -> 50: C_sigma err 9.6 -> 6.2 % on the d = 5 Gaussian bridge)
-    schedule: str = "symmetric"  # symmetric (small steps at both ends) | uniform
-    gamma_ratio: float = 0.1     # symmetric: smallest / largest step
-    cache_size: int = 10000      # trajectories held in the cache
-    cache_refresh: int = 1000    # optimiser steps between cache refreshes (0: once per half-bridge)
-    lr_final: float = 0.05       # the learning rate decays (cosine) to lr_final * train.lr over each half-bridge
+#: The sections every config has; each registered preset adds its own (``preset_sections``).
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
 
 
-@dataclass
-class VSDMConfig:
-    """Settings of ``method = "vsdm"`` (DESIGN §4.4; Deng et al. 2024; docs/vsdm.md).
-
-    The encoder ``dX = −½β(t) D_t X dt + √β(t) dW`` starts at ``D = I`` (the VP reference: the first
-    ``warmup`` steps are SGM) and is updated every ``interval`` decoder steps by one stochastic-
-    approximation step ``θ ← θ − η_n ∇J(θ)`` with ``η_n = sa_lr·n^(−sa_decay)`` on the encoder-side loss
-    ``J`` of DESIGN §2 evaluated on ``paths`` decoder trajectories.
-    """
-
-    encoder: str = "auto"        # auto (diagonal for images, full for vectors) | full (D = exp(S), S symmetric) | diagonal | isotropic (D = e^s I)
-    time_varying: bool = False   # D_t = I − c(t)(I − D), c(t) = exp(MLP(t)) (the reference code's A_t = A·exp(MLP(t)))
-    warmup: int = 1000           # decoder steps before the first encoder update
-    interval: int = 500          # decoder steps between encoder updates
-    freeze: int = 0              # step from which the encoder stays fixed (0: never)
-    sa_lr: float = 0.5           # first step size η_1 of η_n = sa_lr·n^(−sa_decay), n = 1, 2, … the update count
-    sa_decay: float = 0.6        # 0 (constant) or in (0.5, 1] (Robbins–Monro: Σ η_n = ∞, Σ η_n² < ∞)
-    sa_iters: int = 1            # gradient steps per update on the same decoder paths
-    interact: float = 0.75       # ζ, weight of the divergence term of J (reference code's interact_coef; 1: DESIGN §2 exactly)
-    paths: int = 256             # decoder trajectories per update, started from the reference prior N(0, I)
-    path_steps: int = 100        # stochastic-Heun steps of those trajectories
-    hidden: int = 32             # width of c(t)'s MLP (time_varying)
+def preset_sections() -> dict[str, type]:
+    """``{method name: settings dataclass}`` of the registered presets that have settings (the
+    ``[dsb]``, ``[vsdm]``, … sections; a preset's ``settings`` attribute)."""
+    return {name: cls.settings for name, cls in REGISTRY.items() if getattr(cls, "settings", None) is not None}
 
 
-@dataclass
-class SBFBSDEConfig:
-    """Settings of ``method = "sbfbsde"`` (DESIGN §4.3; Chen, Liu, Theodorou 2022; docs/presets.md)."""
-
-    schedule: str = "alternating"  # alternating (half-bridges, SB-FBSDE eqs. 18-19) | joint (eq. 16; Gaussian prior only)
-    iterations: int = 0          # decoder phases (IPF iterations); 0: alternate until the budget ends
-    half_steps: int = 2000       # optimiser steps per phase
-    first_steps: int = 0         # steps of the first decoder phase (the warm start); 0: half_steps (joint: DSM steps before it)
-    encoder_steps: int = 0       # steps per encoder phase; 0: half_steps
-    freeze_encoder: int = 3      # fit the encoder in this many phases only, then the decoder trains to the end; 0: never
-    warm_start: str = "dsm"      # dsm (first decoder phase by DSM with the reference encoder: the SGM preset) | none
-    num_steps: int = 50          # steps K of the time grid of the simulated paths
-    grid: str = "auto"           # auto (uniform for bridges, quadratic for the Gaussian prior) | uniform | quadratic
-    divergence: str = "auto"     # auto (exact for d <= 2, else hutchinson) | exact | hutchinson
-    probes: int = 1              # Rademacher probes per point (hutchinson)
-    weighting: str = "auto"      # decoder loss weight: auto (= likelihood, the ELBO's; before issue 16 noise for the Gaussian prior) | likelihood | noise (DSM's σ²/g²)
-    cache_size: int = 2048       # paths in the trajectory cache
-    cache_refresh: int = 250     # steps between cache refreshes; 0: once per phase
-    lr_final: float = 0.1        # the learning rate decays (cosine) to lr_final * train.lr over each phase (open last phase: over half_steps, then stays)
-    freeze: str = "average"      # weights a phase hands on: average (bias-corrected EMA over the phase) | last
-    hidden: int = 128            # width of both MLPs (vectors); 0: model.hidden and model.blocks
-    blocks: int = 2              # residual blocks of both MLPs
-
-
-@dataclass
+@dataclass(eq=False)
 class Config:
+    """A run's configuration: the generic sections as fields, plus one section per registered
+    preset with settings, reached as an attribute of the preset's name (``config.dsb``)."""
+
     method: str = "sgm"
     seed: int = 0
     device: str = "cpu"
@@ -211,15 +202,52 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    dsb: DSBConfig = field(default_factory=DSBConfig)
-    vsdm: VSDMConfig = field(default_factory=VSDMConfig)
-    sbfbsde: SBFBSDEConfig = field(default_factory=SBFBSDEConfig)
 
-    def validate(self) -> "Config":
-        """Check values (not just types); resolve the reference's defaults. Returns ``self``."""
-        from .methods import REGISTRY, method_class  # the one registry of methods (it imports this module)
+    def __post_init__(self):
+        object.__setattr__(self, "_presets", {})
 
+    def __getattr__(self, name: str) -> Any:  # only reached when normal lookup fails: preset sections
+        if name.startswith("_"):
+            raise AttributeError(name)
+        cls = preset_sections().get(name)
+        presets = self.__dict__.get("_presets")
+        if cls is None or presets is None:
+            raise AttributeError(f"'Config' has no attribute '{name}'")
+        if name not in presets:
+            presets[name] = cls()
+        return presets[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in preset_sections() and "_presets" in self.__dict__:
+            self.__dict__["_presets"][name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def sections(self) -> dict[str, Section]:
+        """Every section, generic and per preset: ``{name: section}``."""
+        return {**{name: getattr(self, name) for name in _SECTIONS},
+                **{name: getattr(self, name) for name in preset_sections()}}
+
+    def validate(self, *, defaults_of: str | None = None) -> "Config":
+        """Check values (not just types) and resolve what is left open. Returns ``self``.
+
+        Resolution, in one place and in this order (later layers win): every key not set by the
+        user (:class:`Section`) takes its generic default, then the method's ``defaults``, then,
+        when ``data.image_shape = "auto"`` resolves to an image, :data:`IMAGE_DEFAULTS` and each
+        preset's ``image_defaults``; the user's explicit keys are never touched. ``auto`` values
+        (image keys, a preset's own) are resolved, and each registered preset checks its section
+        (``check``). ``defaults_of`` takes another preset's defaults than ``self.method``'s (the
+        benchmark's peer solvers borrow the bridge presets' network and EMA).
+        """
         cls = method_class(self.method)
+        layer_cls = method_class(defaults_of) if defaults_of is not None else cls
+        for section in self.sections().values():  # a config validated before resolves afresh
+            for f in fields(section):
+                if f.name not in section.explicit():
+                    set_resolved(section, f.name, _generic_default(section, f.name))
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise SbdiffError(f"unknown device '{self.device}'; choose cpu, cuda or auto")
         if self.data.prior != "gaussian" and not cls.bridges:
@@ -230,6 +258,22 @@ class Config:
         kind = params.pop("kind", "vp")
         ref = make_reference(kind, **params)
         self.reference = {"kind": kind, **ref.params()}
+        layers = dict(layer_cls.defaults)
+        if _resolve_images(self):
+            layers.update(IMAGE_DEFAULTS)
+            for name, preset in REGISTRY.items():
+                layers.update({f"{name}.{k}": v for k, v in getattr(preset, "image_defaults", {}).items()})
+        for key, value in layers.items():
+            section, name = key.split(".")
+            sec = getattr(self, section)
+            if name not in sec.explicit():
+                set_resolved(sec, name, value)
+        self._check_generic(cls, ref)
+        for preset in REGISTRY.values():
+            preset.check(self)
+        return self
+
+    def _check_generic(self, cls, ref) -> None:
         t = self.train
         for name in ("batch_size", "log_every"):
             if getattr(t, name) < 1:
@@ -259,40 +303,30 @@ class Config:
             raise SbdiffError("model.hidden >= 1, model.blocks >= 0 and model.time_dim >= 2 are required")
         if not 0 <= m.t_min < ref.T:
             raise SbdiffError(f"model.t_min must lie in [0, T={ref.T}), got {m.t_min}")
-        _resolve_images(self)
-        _validate_dsb(self.dsb)
-        for key, value in cls.defaults.items():  # keys still at the generic default
-            section, name = key.split(".")
-            sec = getattr(self, section)
-            if getattr(sec, name) == getattr(type(sec)(), name):
-                setattr(sec, name, value)
-        _validate_vsdm(self)
-        _validate_sbfbsde(self)
         if self.data.n_samples < 2:
             raise SbdiffError(f"data.n_samples must be at least 2, got {self.data.n_samples}")
         if self.sample.nfe < 1:
             raise SbdiffError(f"sample.nfe must be at least 1, got {self.sample.nfe}")
         if self.sample.ode_solver not in ("euler", "heun", "dopri5"):
             raise SbdiffError(f"sample.ode_solver must be euler, heun or dopri5, got '{self.sample.ode_solver}'")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.update({name: dataclasses.asdict(getattr(self, name)) for name in preset_sections()})
+        return d
 
 
-# Defaults that differ for images: applied when ``data.image_shape = "auto"`` resolves to an image
-# and the key still holds its generic default (an explicit ``data.image_shape`` applies none). A
-# U-Net step costs ~10x an MLP step on CPU: smaller batches buy more steps for the same time, and a
-# shorter EMA horizon (~200 steps) forgets the zero-output initial network within a short budget.
-IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995,
-                  # VSDM's encoder update simulates U-Net paths: 128 x 50 Heun steps (~6 % of the time)
-                  "vsdm.paths": 128, "vsdm.path_steps": 50}
+# Defaults that differ for images: applied when ``data.image_shape = "auto"`` resolves to an image,
+# to keys the user left unset (an explicit ``data.image_shape`` applies none; a preset adds its own
+# section's image defaults as ``image_defaults``). A U-Net step costs ~10x an MLP step on CPU:
+# smaller batches buy more steps for the same time, and a shorter EMA horizon (~200 steps) forgets
+# the zero-output initial network within a short budget.
+IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995}
 
 
-
-
-def _resolve_images(cfg: "Config") -> None:
-    """Validate the image keys and resolve ``auto`` values from the data source (``data.image_info``)."""
+def _resolve_images(cfg: "Config") -> bool:
+    """Validate the image keys and resolve ``auto`` values from the data source (``data.image_info``).
+    Returns True when ``data.image_shape = "auto"`` resolved to an image (the image defaults apply)."""
     from .data import BUILTIN, ImageInfo, image_info
 
     d, m = cfg.data, cfg.model
@@ -314,18 +348,13 @@ def _resolve_images(cfg: "Config") -> None:
         raise SbdiffError("model.unet_channels >= 1, model.unet_res_blocks >= 1 and 0 <= model.unet_dropout < 1 "
                           "are required")
     info = None
-    if d.image_shape == "auto":
+    auto = d.image_shape == "auto"
+    if auto:
         # a missing file is reported by load_data when training; a saved run whose data file is gone
         # predates images (its config would say image_shape otherwise): vectors
         missing = d.data not in BUILTIN and not Path(d.data).is_file()
         info = ImageInfo(None) if missing else image_info(d.data)
-        d.image_shape = "none" if info.image_shape is None else "x".join(map(str, info.image_shape))
-        if info.image_shape is not None:  # image defaults for keys still at their generic default
-            for key, value in IMAGE_DEFAULTS.items():
-                section, name = key.split(".")
-                sec = getattr(cfg, section)
-                if getattr(sec, name) == getattr(type(sec)(), name):
-                    setattr(sec, name, value)
+        set_resolved(d, "image_shape", "none" if info.image_shape is None else "x".join(map(str, info.image_shape)))
     elif d.image_shape != "none":
         try:
             shape = tuple(int(v) for v in d.image_shape.split("x"))
@@ -339,90 +368,24 @@ def _resolve_images(cfg: "Config") -> None:
                               "(data.image_shape = none)")
         if m.net == "unet":
             raise SbdiffError("model.net = unet needs image data (set data.image_shape = \"CxHxW\")")
-        d.dequantize = "none"
-        return
+        set_resolved(d, "dequantize", "none")
+        return False
     if d.dequantize == "none" and d.max_value > 0:
-        return
+        return auto
     if d.dequantize == "uniform" and d.levels >= 2 and d.max_value > 0:
-        return
+        return auto
     if info is None or info.image_shape is None:
         info = image_info(d.data)
     if d.dequantize == "auto":
-        d.dequantize = "uniform" if (d.levels or info.levels) else "none"
+        set_resolved(d, "dequantize", "uniform" if (d.levels or info.levels) else "none")
     if d.dequantize == "uniform" and d.levels == 0:
         if not info.levels:
             raise SbdiffError(f"data.dequantize = uniform: {d.data} is not integer-valued; set data.levels")
-        d.levels = info.levels
+        set_resolved(d, "levels", info.levels)
     if d.max_value == 0:
-        d.max_value = info.max_value if (info.levels == d.levels or d.dequantize == "none") else float(d.levels - 1)
-
-
-def _validate_dsb(d: DSBConfig) -> None:
-    for name in ("iterations", "first_steps", "cache_refresh"):
-        if getattr(d, name) < 0:
-            raise SbdiffError(f"dsb.{name} must be >= 0, got {getattr(d, name)}")
-    for name in ("half_steps", "num_steps", "cache_size"):
-        if getattr(d, name) < 1:
-            raise SbdiffError(f"dsb.{name} must be at least 1, got {getattr(d, name)}")
-    if d.schedule not in ("symmetric", "uniform"):
-        raise SbdiffError(f"dsb.schedule must be symmetric or uniform, got '{d.schedule}'")
-    if not 0 <= d.lr_final <= 1:
-        raise SbdiffError(f"dsb.lr_final must lie in [0, 1], got {d.lr_final}")
-    if not 0 < d.gamma_ratio <= 1:
-        raise SbdiffError(f"dsb.gamma_ratio must lie in (0, 1], got {d.gamma_ratio}")
-
-
-def _validate_vsdm(cfg: "Config") -> None:
-    """Check ``[vsdm]`` and resolve ``encoder = "auto"`` (after the image keys are resolved)."""
-    v = cfg.vsdm
-    if v.encoder not in ("auto", "full", "diagonal", "isotropic"):
-        raise SbdiffError(f"vsdm.encoder must be auto, full, diagonal or isotropic, got '{v.encoder}'")
-    if v.encoder == "auto":
-        v.encoder = "diagonal" if cfg.data.image_shape != "none" else "full"
-    for name in ("warmup", "freeze"):
-        if getattr(v, name) < 0:
-            raise SbdiffError(f"vsdm.{name} must be >= 0, got {getattr(v, name)}")
-    for name in ("interval", "sa_iters", "paths", "path_steps", "hidden"):
-        if getattr(v, name) < 1:
-            raise SbdiffError(f"vsdm.{name} must be at least 1, got {getattr(v, name)}")
-    if not (v.sa_lr > 0 and math.isfinite(v.sa_lr)):
-        raise SbdiffError(f"vsdm.sa_lr must be a finite positive number, got {v.sa_lr}")
-    if not (v.sa_decay == 0 or 0.5 < v.sa_decay <= 1):
-        raise SbdiffError(f"vsdm.sa_decay must be 0 (constant step size) or lie in (0.5, 1] (Robbins–Monro), "
-                          f"got {v.sa_decay}")
-    if not 0 <= v.interact <= 1:
-        raise SbdiffError(f"vsdm.interact (zeta) must lie in [0, 1], got {v.interact}")
-    if cfg.method == "vsdm" and cfg.reference.get("kind") != "vp":
-        raise SbdiffError(f"method vsdm needs the VP reference (its encoder is dX = -1/2 beta(t) D_t X dt + "
-                          f"sqrt(beta(t)) dW with the VP beta), got reference.kind = '{cfg.reference.get('kind')}'")
-
-
-def _validate_sbfbsde(cfg: "Config") -> None:
-    """Check ``[sbfbsde]`` (see :class:`SBFBSDEConfig`)."""
-    s = cfg.sbfbsde
-    choices = {"schedule": ("alternating", "joint"), "warm_start": ("dsm", "none"),
-               "grid": ("auto", "uniform", "quadratic"), "divergence": ("auto", "exact", "hutchinson"),
-               "weighting": ("auto", "likelihood", "noise"), "freeze": ("average", "last")}
-    for name, allowed in choices.items():
-        if getattr(s, name) not in allowed:
-            raise SbdiffError(f"sbfbsde.{name} must be {' or '.join(allowed)}, got '{getattr(s, name)}'")
-    for name in ("iterations", "first_steps", "encoder_steps", "freeze_encoder", "cache_refresh", "hidden"):
-        if getattr(s, name) < 0:
-            raise SbdiffError(f"sbfbsde.{name} must be >= 0, got {getattr(s, name)}")
-    for name in ("half_steps", "num_steps", "probes", "cache_size", "blocks"):
-        if getattr(s, name) < 1:
-            raise SbdiffError(f"sbfbsde.{name} must be at least 1, got {getattr(s, name)}")
-    if s.cache_size < 3:
-        raise SbdiffError(f"sbfbsde.cache_size must be at least 3 (the prior-loss estimate needs 3 paths), got {s.cache_size}")
-    if not 0 < s.lr_final <= 1:
-        raise SbdiffError(f"sbfbsde.lr_final must lie in (0, 1], got {s.lr_final}")
-    if cfg.method == "sbfbsde" and s.schedule == "joint" and cfg.data.prior != "gaussian":
-        raise SbdiffError("sbfbsde.schedule = joint needs the Gaussian prior (its loss has log p_T(X_T)); a bridge "
-                          f"to a data set ('{cfg.data.prior}') needs the alternating schedule")
-
-
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
-             "dsb": DSBConfig, "vsdm": VSDMConfig, "sbfbsde": SBFBSDEConfig}
+        set_resolved(d, "max_value", info.max_value if (info.levels == d.levels or d.dequantize == "none")
+                     else float(d.levels - 1))
+    return auto
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -447,7 +410,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     """Overlay a nested dict (as read from TOML) onto ``base`` (default: the defaults)."""
     cfg = copy.deepcopy(base) if base is not None else Config()
-    top = {f.name for f in fields(Config)}
+    sections = {**_SECTIONS, **preset_sections()}
+    top = {f.name for f in fields(Config)} | set(sections)
     for key, value in raw.items():
         if key not in top:
             raise SbdiffError(f"unknown config key '{key}'; accepted top-level keys: {', '.join(sorted(top))}")
@@ -456,7 +420,7 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
                 raise SbdiffError("config key reference must be a table")
             ref = dict(value) if "kind" in value and value["kind"] != cfg.reference.get("kind") else {**cfg.reference, **value}
             cfg.reference = ref
-        elif key in _SECTIONS:
+        elif key in sections:
             if not isinstance(value, dict):
                 raise SbdiffError(f"config key {key} must be a table [{key}]")
             section = getattr(cfg, key)

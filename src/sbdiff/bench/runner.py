@@ -90,8 +90,7 @@ def _train_peer(method: str, pair, eps: float, *, seed: int, minutes, steps, n_t
     from .peers import PEER_NFE, PEERS
 
     cfg = config_from_dict(overrides or {}, Config())
-    cfg.method = "dsb"  # resolve the settings as the bridge presets do: DSB's (and SB-FBSDE's) 128×2 nets, EMA 0.99
-    cfg.validate()
+    cfg.validate(defaults_of="dsb")  # the bridge presets' settings: DSB's (and SB-FBSDE's) 128×2 nets, EMA 0.99
     if minutes is None and steps is None:
         steps = cfg.train.steps
     m, t = cfg.model, cfg.train

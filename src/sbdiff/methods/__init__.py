@@ -1,32 +1,22 @@
-"""Training schedules of the named methods; each is a preset of the path-VAE trainer (DESIGN §2).
-
-A method builds a :class:`~sbdiff.model.PathVAE` for the data and supplies its losses; the loop in
-:mod:`sbdiff.train` is shared.
+"""The presets of the path-VAE trainer (DESIGN §2): each is one module holding a registered
+:class:`Method` subclass that builds a :class:`~sbdiff.model.PathVAE` for the data and supplies its
+losses; the loop in :mod:`sbdiff.train` is shared. Importing this package registers the built-in
+presets (:mod:`sbdiff.registry`); a new preset registers itself with ``@register("name")``
+(docs/presets.md, "Adding a preset").
 """
 
 from __future__ import annotations
 
-from .._utils import SbdiffError
 from ..config import Config
-from .base import Method
-from .dsb import DSB
-from .sbfbsde import SBFBSDE
-from .sgm import SGM
-from .vsdm import VSDM
+from ..registry import REGISTRY, method_class, method_names, register
+from .base import Method, build_network, check_flat
+from .sgm import SGM  # registration order = the order of the config sections (dsb, vsdm, sbfbsde)
+from .dsb import DSB  # noqa: E402
+from .vsdm import VSDM  # noqa: E402
+from .sbfbsde import SBFBSDE  # noqa: E402
 
-__all__ = ["Method", "SGM", "DSB", "VSDM", "SBFBSDE", "REGISTRY", "METHODS", "method_class", "make_method"]
-
-#: The one registry of methods: ``config.method`` names a key; the class's attributes (``bridges``,
-#: ``defaults``, ``schedule_ends``) are what :meth:`sbdiff.config.Config.validate` reads.
-REGISTRY: dict[str, type[Method]] = {"sgm": SGM, "dsb": DSB, "sbfbsde": SBFBSDE, "vsdm": VSDM}
-METHODS = tuple(REGISTRY)
-
-
-def method_class(name: str) -> type[Method]:
-    """The class registered as ``name``."""
-    if name not in REGISTRY:
-        raise SbdiffError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
-    return REGISTRY[name]
+__all__ = ["Method", "build_network", "check_flat", "SGM", "DSB", "VSDM", "SBFBSDE", "REGISTRY", "register", "method_class", "method_names",
+           "make_method"]
 
 
 def make_method(config: Config) -> Method:

@@ -13,9 +13,11 @@ from ..config import Config
 from ..data import ImageScaling, Standardizer
 from ..model import PathVAE
 from ..nets import TimeMLP, UNet
+from ..objectives import gaussian_moment_kl
 from ..references import make_reference
+from ..registry import register
 
-__all__ = ["Method", "build_network", "check_flat", "data_scaling"]
+__all__ = ["Method", "register", "build_network", "check_flat", "data_scaling"]
 
 
 def check_flat(data: np.ndarray) -> int:
@@ -61,11 +63,25 @@ def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarr
 class Method:
     """A preset of the path-VAE trainer: builds the model and supplies its losses.
 
-    Subclasses implement :meth:`build` and :meth:`losses`; :meth:`prior_loss` and
-    :meth:`trainable` have defaults.
+    A preset is one module: its subclass, registered with ``@register("name")``
+    (:mod:`sbdiff.registry`), describes itself through the class attributes below (its settings
+    section, defaults, checks and a smoke setting for the infrastructure tests), implements
+    :meth:`build` (usually through :meth:`assemble`) and :meth:`losses`, and overrides the loop's
+    hooks it needs (docs/presets.md, "Adding a preset").
     """
 
     name = "method"
+    #: The settings dataclass of the preset's own config section ``[name]`` (a
+    #: :class:`~sbdiff.config.Section` subclass), or ``None`` for a preset without settings.
+    settings: type | None = None
+    #: Image defaults of the preset's own section, ``{"key": value}`` (applied, like
+    #: :data:`~sbdiff.config.IMAGE_DEFAULTS`, when ``data.image_shape = "auto"`` resolves to an image).
+    image_defaults: dict = {}
+    #: A small setting, as TOML text appended to the infrastructure tests' config (2-D data, hidden
+    #: 32, 12 steps of batch 64): a schedule that switches phase (or updates the encoder) within the
+    #: 12 steps, with small caches, so that stop-and-resume, the non-finite guard and DDP are tested
+    #: on every branch of the preset.
+    smoke: str = ""
     #: True for methods that bridge two data sets (``data`` at t = 0, a second data set as the prior
     #: at t = T, ``decode`` samples the learned conditional plan); the benchmark harness
     #: (:mod:`sbdiff.bench.runner`) scores such methods on the conditional plan (cBW2-UVP).
@@ -76,11 +92,30 @@ class Method:
     #: set of reduced parameters when it wraps the model.
     ddp_find_unused_parameters = False
     #: Config defaults of this method, ``{"section.key": value}``, applied by
-    #: :meth:`~sbdiff.config.Config.validate` to keys left at their generic default.
+    #: :meth:`~sbdiff.config.Config.validate` to keys the user did not set.
     defaults: dict = {}
 
     def __init__(self, config: Config):
         self.config = config
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        """Check the preset's section of ``config`` (called for every registered preset by
+        :meth:`~sbdiff.config.Config.validate`, after the defaults are resolved); resolve its ``auto``
+        values with :func:`~sbdiff.config.set_resolved`; raise :class:`~sbdiff.SbdiffError` naming
+        the key. Rules that apply only when this preset trains test ``config.method == cls.name``."""
+
+    def assemble(self, encoder, decoder, data: np.ndarray, prior: np.ndarray | None = None, *,
+                 t_min: float | None = None, sde_grid: Tensor | None = None) -> PathVAE:
+        """The :class:`~sbdiff.model.PathVAE` of ``encoder`` and ``decoder`` for data ``(N, d)`` in data
+        coordinates: the map to model coordinates (:func:`data_scaling`), the image shape and
+        dequantisation of the config, ``t_min`` (default ``model.t_min``), the prior data set
+        ``(M, d)`` of bridge mode and the SDEs' fixed time grid ``sde_grid`` (``(K+1,)``, or ``None``)."""
+        cfg = self.config
+        mean, scale, step = data_scaling(cfg, data)
+        return PathVAE(encoder, decoder, check_flat(data), cfg.model.t_min if t_min is None else t_min,
+                       torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
+                       image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=sde_grid)
 
     @classmethod
     def schedule_ends(cls, config: Config) -> bool:
@@ -143,9 +178,15 @@ class Method:
         """
         raise NotImplementedError
 
+    @torch.no_grad()
     def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
-        """Monitor of the prior loss ``KL(q_T ‖ p_prior)`` on a batch (scalar, nats)."""
-        raise NotImplementedError
+        """Monitor of the prior loss ``KL(q_T ‖ p_prior)`` on a batch ``(B, d)`` (scalar, nats), logged
+        at log steps when the losses do not carry ``prior_loss``. The default draws the encoder's
+        ``X_T`` from its closed-form transition (fixed and linear encoders) and returns the
+        Gaussian-moment KL against the reference prior ``N(0, prior_var·I)``; presets with a neural
+        encoder override it."""
+        x_T, _, _ = model.encoder.sample_transition(batch, 0.0, model.reference.T, generator=generator)
+        return gaussian_moment_kl(x_T, model.reference.prior_var())
 
     def trainable(self, model: PathVAE) -> list[nn.Parameter]:
         """Parameters the optimiser updates."""

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import SbdiffError, append_dims
-from ..config import Config
+from ..config import Config, Section
 from ..decoders import NeuralDecoder, ScoreDecoder
 from ..encoders import FixedEncoder, NeuralEncoder
 from ..model import PathVAE
@@ -76,9 +76,33 @@ from ..objectives import (divergence_matching, dsm_loss, gaussian_kl_estimate, i
                           simulate_controlled)
 from ..solvers import time_grid
 from ._schedule import Phase
-from .base import Method, build_network, check_flat, data_scaling
+from .base import Method, build_network, check_flat, register
 
-__all__ = ["SBFBSDE", "SBFBSDESchedule", "training_grid"]
+__all__ = ["SBFBSDE", "SBFBSDEConfig", "SBFBSDESchedule", "training_grid"]
+
+@dataclass
+class SBFBSDEConfig(Section):
+    """Settings of ``method = "sbfbsde"``, the ``[sbfbsde]`` section (DESIGN §4.3; Chen, Liu, Theodorou 2022; docs/presets.md)."""
+
+    schedule: str = "alternating"  # alternating (half-bridges, SB-FBSDE eqs. 18-19) | joint (eq. 16; Gaussian prior only)
+    iterations: int = 0          # decoder phases (IPF iterations); 0: alternate until the budget ends
+    half_steps: int = 2000       # optimiser steps per phase
+    first_steps: int = 0         # steps of the first decoder phase (the warm start); 0: half_steps (joint: DSM steps before it)
+    encoder_steps: int = 0       # steps per encoder phase; 0: half_steps
+    freeze_encoder: int = 3      # fit the encoder in this many phases only, then the decoder trains to the end; 0: never
+    warm_start: str = "dsm"      # dsm (first decoder phase by DSM with the reference encoder: the SGM preset) | none
+    num_steps: int = 50          # steps K of the time grid of the simulated paths
+    grid: str = "auto"           # auto (uniform for bridges, quadratic for the Gaussian prior) | uniform | quadratic
+    divergence: str = "auto"     # auto (exact for d <= 2, else hutchinson) | exact | hutchinson
+    probes: int = 1              # Rademacher probes per point (hutchinson)
+    weighting: str = "auto"      # decoder loss weight: auto (= likelihood, the ELBO's; before issue 16 noise for the Gaussian prior) | likelihood | noise (DSM's σ²/g²)
+    cache_size: int = 2048       # paths in the trajectory cache
+    cache_refresh: int = 250     # steps between cache refreshes; 0: once per phase
+    lr_final: float = 0.1        # the learning rate decays (cosine) to lr_final * train.lr over each phase (open last phase: over half_steps, then stays)
+    freeze: str = "average"      # weights a phase hands on: average (bias-corrected EMA over the phase) | last
+    hidden: int = 128            # width of both MLPs (vectors); 0: model.hidden and model.blocks
+    blocks: int = 2              # residual blocks of both MLPs
+
 
 #: ``end`` of an open-ended phase (the decoder phase after the encoder is frozen).
 OPEN = 2**62
@@ -190,12 +214,41 @@ class _Cache:
         self.prior_loss, self.cross_entropy = prior_loss, cross_entropy
 
 
+@register("sbfbsde")
 class SBFBSDE(Method):
     """Neural encoder / divergence-form drift matching / alternating (or joint) schedule."""
 
-    name = "sbfbsde"
+    settings = SBFBSDEConfig
     bridges = True
     ddp_find_unused_parameters = True
+    # a DSM warm start of 6 steps, then an encoder phase and a decoder phase of 6 steps
+    smoke = ("[sbfbsde]\nhalf_steps = 6\nnum_steps = 5\ncache_size = 16\ncache_refresh = 2\nhidden = 16\n"
+             "blocks = 1\nlr_final = 1.0\n")
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        """Check ``[sbfbsde]`` (see :class:`SBFBSDEConfig`)."""
+        s = config.sbfbsde
+        choices = {"schedule": ("alternating", "joint"), "warm_start": ("dsm", "none"),
+                   "grid": ("auto", "uniform", "quadratic"), "divergence": ("auto", "exact", "hutchinson"),
+                   "weighting": ("auto", "likelihood", "noise"), "freeze": ("average", "last")}
+        for name, allowed in choices.items():
+            if getattr(s, name) not in allowed:
+                raise SbdiffError(f"sbfbsde.{name} must be {' or '.join(allowed)}, got '{getattr(s, name)}'")
+        for name in ("iterations", "first_steps", "encoder_steps", "freeze_encoder", "cache_refresh", "hidden"):
+            if getattr(s, name) < 0:
+                raise SbdiffError(f"sbfbsde.{name} must be >= 0, got {getattr(s, name)}")
+        for name in ("half_steps", "num_steps", "probes", "cache_size", "blocks"):
+            if getattr(s, name) < 1:
+                raise SbdiffError(f"sbfbsde.{name} must be at least 1, got {getattr(s, name)}")
+        if s.cache_size < 3:
+            raise SbdiffError(f"sbfbsde.cache_size must be at least 3 (the prior-loss estimate needs 3 paths), "
+                              f"got {s.cache_size}")
+        if not 0 < s.lr_final <= 1:
+            raise SbdiffError(f"sbfbsde.lr_final must lie in (0, 1], got {s.lr_final}")
+        if config.method == cls.name and s.schedule == "joint" and config.data.prior != "gaussian":
+            raise SbdiffError("sbfbsde.schedule = joint needs the Gaussian prior (its loss has log p_T(X_T)); a "
+                              f"bridge to a data set ('{config.data.prior}') needs the alternating schedule")
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -240,11 +293,8 @@ class SBFBSDE(Method):
         dec_net = self._network(dim, reference.T)  # first: initialised as the SGM preset's network
         encoder = NeuralEncoder(reference, self._network(dim, reference.T))
         decoder = NeuralDecoder(reference, dec_net) if self.bridge_mode else ScoreDecoder(reference, dec_net, "noise")
-        mean, scale, step = data_scaling(cfg, data)
         grid = training_grid(reference, cfg.model.t_min, cfg.sbfbsde.num_steps, self._grid_kind())
-        model = PathVAE(encoder, decoder, dim, cfg.model.t_min, torch.as_tensor(mean, dtype=torch.float32),
-                        torch.as_tensor(scale, dtype=torch.float32), image_shape=cfg.data.shape(),
-                        dequant_step=step, prior_data=prior, sde_grid=grid if self.bridge_mode else None)
+        model = self.assemble(encoder, decoder, data, prior, sde_grid=grid if self.bridge_mode else None)
         self._x = model.to_model(torch.as_tensor(data, dtype=torch.float32))
         if prior is not None:
             p = model.to_model(torch.as_tensor(prior, dtype=torch.float32)).double()

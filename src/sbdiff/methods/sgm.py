@@ -14,26 +14,19 @@ from torch import Tensor
 from ..decoders import ScoreDecoder
 from ..encoders import FixedEncoder
 from ..model import PathVAE
-from ..objectives import dsm_loss, gaussian_moment_kl, importance_times
-from .base import Method, build_network, check_flat, data_scaling
+from ..objectives import dsm_loss, importance_times
+from .base import Method, build_network, check_flat, register
 
 
+@register("sgm")
 class SGM(Method):
     """Fixed encoder / DSM / decoder only."""
 
-    name = "sgm"
-
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
-        cfg = self.config
         reference = self.make_reference()
-        dim = check_flat(data)
-        net = build_network(cfg, dim, reference.T)
-        mean, scale, step = data_scaling(cfg, data)
+        net = build_network(self.config, check_flat(data), reference.T)
         encoder = FixedEncoder(reference)
-        return PathVAE(encoder, ScoreDecoder(encoder, net, "noise"), dim,
-                       cfg.model.t_min, torch.as_tensor(mean, dtype=torch.float32),
-                       torch.as_tensor(scale, dtype=torch.float32), image_shape=cfg.data.shape(),
-                       dequant_step=step)
+        return self.assemble(encoder, ScoreDecoder(encoder, net, "noise"), data)
 
     def sample_times(self, model: PathVAE, n: int, generator: torch.Generator, like: Tensor) -> Tensor:
         """Training times, shape ``(n,)``: half stratified uniform on ``[t_min, T]``, half log-uniform
@@ -50,8 +43,3 @@ class SGM(Method):
         t = self.sample_times(model, batch.shape[0], generator, batch)
         dm = dsm_loss(model.encoder, model.decoder, batch, t, generator=generator).mean()
         return {"loss": dm, "drift_matching": dm}
-
-    @torch.no_grad()
-    def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
-        x_T, _, _ = model.encoder.sample_transition(batch, 0.0, model.reference.T, generator=generator)
-        return gaussian_moment_kl(x_T, model.reference.prior_var())

@@ -40,23 +40,24 @@ against. The step-size schedule is a function of the step number, so a resumed r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._utils import SbdiffError, append_dims
-from ..config import Config
+from ..config import Config, Section, set_resolved
 from ..distributed import step_generator
 from ..decoders import ScoreDecoder
 from ..linear_encoder import LinearEncoder
 from ..model import PathVAE
 from ..objectives import gaussian_moment_kl
 from ..solvers import time_grid
-from .base import build_network, check_flat, data_scaling
+from .base import build_network, check_flat, register
 from .sgm import SGM
 
-__all__ = ["VSDM", "path_moments", "encoder_loss"]
+__all__ = ["VSDM", "VSDMConfig", "path_moments", "encoder_loss"]
 
 #: Stream of :func:`~sbdiff.distributed.step_generator` for the decoder paths of an encoder update.
 SA_STREAM = 1000
@@ -69,6 +70,30 @@ MAX_STEP = 1.0
 #: Up to this dimension every eigenvalue of ``D`` is logged (``d_eig_0 <= d_eig_1 <= …``); above it
 #: only ``d_min`` and ``d_max``.
 LOGGED_EIGENVALUES = 8
+
+
+@dataclass
+class VSDMConfig(Section):
+    """Settings of ``method = "vsdm"``, the ``[vsdm]`` section (DESIGN §4.4; Deng et al. 2024; docs/vsdm.md).
+
+    The encoder ``dX = −½β(t) D_t X dt + √β(t) dW`` starts at ``D = I`` (the VP reference: the first
+    ``warmup`` steps are SGM) and is updated every ``interval`` decoder steps by one stochastic-
+    approximation step ``θ ← θ − η_n ∇J(θ)`` with ``η_n = sa_lr·n^(−sa_decay)`` on the encoder-side loss
+    ``J`` of DESIGN §2 evaluated on ``paths`` decoder trajectories.
+    """
+
+    encoder: str = "auto"        # auto (diagonal for images, full for vectors) | full (D = exp(S), S symmetric) | diagonal | isotropic (D = e^s I)
+    time_varying: bool = False   # D_t = I − c(t)(I − D), c(t) = exp(MLP(t)) (the reference code's A_t = A·exp(MLP(t)))
+    warmup: int = 1000           # decoder steps before the first encoder update
+    interval: int = 500          # decoder steps between encoder updates
+    freeze: int = 0              # step from which the encoder stays fixed (0: never)
+    sa_lr: float = 0.5           # first step size η_1 of η_n = sa_lr·n^(−sa_decay), n = 1, 2, … the update count
+    sa_decay: float = 0.6        # 0 (constant) or in (0.5, 1] (Robbins–Monro: Σ η_n = ∞, Σ η_n² < ∞)
+    sa_iters: int = 1            # gradient steps per update on the same decoder paths
+    interact: float = 0.75       # ζ, weight of the divergence term of J (reference code's interact_coef; 1: DESIGN §2 exactly)
+    paths: int = 256             # decoder trajectories per update, started from the reference prior N(0, I)
+    path_steps: int = 100        # stochastic-Heun steps of those trajectories
+    hidden: int = 32             # width of c(t)'s MLP (time_varying)
 
 
 def _project(log_d: Tensor, family: str) -> Tensor:
@@ -168,30 +193,57 @@ def encoder_loss(gain: Tensor, moments: dict[str, Tensor], g: Tensor, zeta: floa
     return (w * per_time).sum()
 
 
+@register("vsdm")
 class VSDM(SGM):
     """Linear encoder (stochastic approximation) / DSM decoder / alternating (module docstring)."""
 
-    name = "vsdm"
+    settings = VSDMConfig
+    # the encoder update simulates U-Net paths on images: 128 x 50 Heun steps (~6 % of the time)
+    image_defaults = {"paths": 128, "path_steps": 50}
+    # encoder updates every 4 steps after 4 warm-up steps, on 16 short paths
+    smoke = "[vsdm]\nwarmup = 4\ninterval = 4\npaths = 16\npath_steps = 5\n"
 
     def __init__(self, config: Config):
         super().__init__(config)
         #: diagnostics of the last encoder update, logged with every step's losses (and checkpointed)
         self._last: dict[str, float] = {}
 
+    @classmethod
+    def check(cls, config: Config) -> None:
+        """Check ``[vsdm]`` and resolve ``encoder = "auto"`` (diagonal for images, full for vectors)."""
+        v = config.vsdm
+        if v.encoder not in ("auto", "full", "diagonal", "isotropic"):
+            raise SbdiffError(f"vsdm.encoder must be auto, full, diagonal or isotropic, got '{v.encoder}'")
+        if v.encoder == "auto":
+            set_resolved(v, "encoder", "diagonal" if config.data.shape() is not None else "full")
+        for name in ("warmup", "freeze"):
+            if getattr(v, name) < 0:
+                raise SbdiffError(f"vsdm.{name} must be >= 0, got {getattr(v, name)}")
+        for name in ("interval", "sa_iters", "paths", "path_steps", "hidden"):
+            if getattr(v, name) < 1:
+                raise SbdiffError(f"vsdm.{name} must be at least 1, got {getattr(v, name)}")
+        if not (v.sa_lr > 0 and math.isfinite(v.sa_lr)):
+            raise SbdiffError(f"vsdm.sa_lr must be a finite positive number, got {v.sa_lr}")
+        if not (v.sa_decay == 0 or 0.5 < v.sa_decay <= 1):
+            raise SbdiffError(f"vsdm.sa_decay must be 0 (constant step size) or lie in (0.5, 1] (Robbins–Monro), "
+                              f"got {v.sa_decay}")
+        if not 0 <= v.interact <= 1:
+            raise SbdiffError(f"vsdm.interact (zeta) must lie in [0, 1], got {v.interact}")
+        if config.method == cls.name and config.reference.get("kind") != "vp":
+            raise SbdiffError(f"method vsdm needs the VP reference (its encoder is dX = -1/2 beta(t) D_t X dt + "
+                              f"sqrt(beta(t)) dW with the VP beta), got reference.kind = "
+                              f"'{config.reference.get('kind')}'")
+
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
-        cfg, v = self.config, self.config.vsdm
-        if cfg.reference["kind"] != "vp":
-            raise SbdiffError(f"method vsdm needs the VP reference, got '{cfg.reference['kind']}'")
+        cfg = self.config
+        self.check(cfg)  # the VP reference; encoder = auto resolved (a config built in code, not validated)
+        v = cfg.vsdm
         reference = self.make_reference()
         dim = check_flat(data)
-        family = v.encoder if v.encoder != "auto" else ("diagonal" if cfg.data.shape() is not None else "full")
-        encoder = LinearEncoder(reference, dim, family, time_varying=v.time_varying, hidden=v.hidden)
+        encoder = LinearEncoder(reference, dim, v.encoder, time_varying=v.time_varying, hidden=v.hidden)
         encoder.requires_grad_(False)  # updated by stochastic approximation in begin_step, not by the loop
         net = build_network(cfg, dim, reference.T)
-        mean, scale, step = data_scaling(cfg, data)
-        return PathVAE(encoder, ScoreDecoder(encoder, net, "noise"), dim, cfg.model.t_min,
-                       torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
-                       image_shape=cfg.data.shape(), dequant_step=step)
+        return self.assemble(encoder, ScoreDecoder(encoder, net, "noise"), data)
 
     def trainable(self, model: PathVAE) -> list[torch.nn.Parameter]:
         """The decoder's parameters (the encoder is updated in :meth:`begin_step`)."""
