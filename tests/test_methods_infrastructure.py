@@ -65,3 +65,16 @@ def test_nonfinite_losses_are_skipped_without_update(tmp_path, monkeypatch, meth
     x = model.sample(8, nfe=4)
     assert x.shape == (8, 2) and bool(torch.isfinite(x).all())
     assert math.isfinite(float(model.prior_logp(model.sample_prior(4)).sum()))
+
+
+@pytest.mark.parametrize("method", list(METHOD_EXTRA))
+def test_networks_are_the_parts_nets(tmp_path, method):
+    import numpy as np
+
+    from sbdiff.methods import make_method
+
+    model = make_method(_cfg(tmp_path, method)).build(np.random.default_rng(0).normal(size=(64, 2)))
+    nets = model.networks()
+    expected = [part.net for part in (model.encoder, model.decoder) if hasattr(part, "net")]
+    assert nets == expected and all(isinstance(n, torch.nn.Module) for n in nets)
+    assert len(nets) == (2 if method in ("dsb", "sbfbsde") else 1)  # sgm: fixed, vsdm: linear encoder
