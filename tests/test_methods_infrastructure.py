@@ -173,3 +173,19 @@ def test_a_preset_is_one_file(tmp_path, monkeypatch, capsys, toy_preset):
     check_resume_is_bit_identical(tmp_path / "resume", "toy")
     check_cli_refuses_bad_section(tmp_path / "bad", capsys, "toy")
     check_nonfinite_losses_are_skipped(tmp_path / "nan", monkeypatch, "toy")
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_networks_are_the_parts_nets(tmp_path, method):
+    """``PathVAE.networks()`` (what ``train.compile`` compiles) is each part's network, once."""
+    import numpy as np
+
+    from sbdiff.methods import make_method
+
+    model = make_method(_cfg(tmp_path, method)).build(np.random.default_rng(0).normal(size=(64, 2)))
+    nets = model.networks()
+    expected = [part.net for part in (model.encoder, model.decoder) if isinstance(getattr(part, "net", None),
+                                                                               torch.nn.Module)]
+    assert nets == expected and len(nets) >= 1 and all(isinstance(n, torch.nn.Module) for n in nets)
+    if method in ("dsb", "sbfbsde"):  # both networks learned; sgm: fixed encoder, vsdm: linear encoder
+        assert len(nets) == 2

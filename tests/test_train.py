@@ -305,3 +305,74 @@ def test_resume_before_first_checkpoint_restarts(files, base, tmp_path):
     res = resume_run(run, progress=False)
     assert res.resumed_from is None
     _assert_same_run(run, base)
+
+
+class _CustomNet(torch.nn.Module):
+    """A network of a class the trainer does not know (not TimeMLP/UNet): ``(x, t) -> (B, d)``."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.lin = torch.nn.Linear(dim + 1, dim)
+
+    def forward(self, x, t):
+        return self.lin(torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1).to(x)], dim=1))
+
+
+def test_compile_compiles_any_network_class(files, monkeypatch):
+    build = SGM.build
+
+    def custom_build(self, data, prior=None):
+        model = build(self, data, prior)
+        model.decoder.net = _CustomNet(model.dim)
+        return model
+
+    compiled = []
+    monkeypatch.setattr(SGM, "build", custom_build)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))  # not really
+    res = fit(_with(_config(files), steps=3, compile=True), progress=False)
+    assert res.steps == 3
+    assert len(compiled) == 1 and isinstance(compiled[0], _CustomNet)  # SGM's encoder is the fixed reference
+
+
+def test_prior_loss_monitor_has_its_own_stream(files, monkeypatch, tmp_path):
+    from sbdiff.distributed import step_generator
+    from sbdiff.train import PRIOR_LOSS_STREAM
+
+    prior_loss, seen = SGM.prior_loss, []
+
+    def recording(self, model, batch, generator):
+        seen.append(generator.get_state().clone())  # before it draws anything
+        return prior_loss(self, model, batch, generator)
+
+    monkeypatch.setattr(SGM, "prior_loss", recording)
+    cfg = _with(_config(files), steps=30)
+    fit(cfg, tmp_path / "r", progress=False)
+    assert [r["step"] for r in _metrics(tmp_path / "r")] == [15, 30]
+    for state, step in zip(seen, (15, 30), strict=True):  # fresh: seeded by (seed, step index, 999)
+        assert torch.equal(state, step_generator(cfg.seed, step - 1, PRIOR_LOSS_STREAM).get_state())
+
+
+def test_loop_state_is_the_checkpoint_meta(files, monkeypatch, tmp_path):
+    from sbdiff import train
+    from sbdiff.train import LoopState
+
+    write, metas = train.write_checkpoint, []
+
+    def recording(path, *, meta, **kw):
+        metas.append(json.loads(json.dumps(meta)))  # as the file holds it
+        return write(path, meta=meta, **kw)
+
+    monkeypatch.setattr(train, "write_checkpoint", recording)
+    fit(_with(_config(files), steps=30), tmp_path / "r", progress=False)
+    meta = metas[0]  # step 20: mid log window (rows at 15 and 30)
+    assert set(meta) == {"step", "elapsed_s", "last", "log_sums", "log_count", "skipped", "streak", "method",
+                         "data_sha256", "config", "torch"}
+    assert set(ck.read_checkpoint(tmp_path / "r" / ck.CHECKPOINT_FILE)[2]) == set(meta) | {"format"}
+    state = LoopState.from_meta(meta)
+    assert state.step == 20 and state.log_count == 5 and state.last["step"] == 15
+    assert set(state.log_sums) == {"loss", "drift_matching"} and all(n == 5 for _, n in state.log_sums.values())
+    again = json.loads(json.dumps(state.to_meta()))
+    assert {k: v for k, v in again.items() if k != "elapsed_s"} == {k: meta[k] for k in again if k != "elapsed_s"}
+    assert again["elapsed_s"] >= meta["elapsed_s"]
+    old = {**meta, "log_sums": {"loss": 2.5}}  # older checkpoints: bare sums over log_count steps
+    assert LoopState.from_meta(old).log_sums == {"loss": (2.5, 5)}

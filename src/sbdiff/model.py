@@ -107,6 +107,27 @@ class PathVAE(nn.Module):
             raise SbdiffError("prior data: contains NaN or inf")
         self.prior_data = prior
 
+    def networks(self) -> list[nn.Module]:
+        """The distinct neural networks of the encoder and the decoder, encoder first.
+
+        A part's network is its ``net`` attribute when that is an :class:`~torch.nn.Module` with
+        parameters (:class:`~sbdiff.encoders.NeuralEncoder`, the decoders); closed-form encoders
+        (the fixed reference, VSDM's :class:`~sbdiff.linear_encoder.LinearEncoder`, whose
+        parameters are updated outside the optimiser) have none. A network shared by both parts is
+        listed once. ``train.compile`` compiles these.
+
+        Returns
+        -------
+        list of nn.Module
+        """
+        nets: list[nn.Module] = []
+        for part in (self.encoder, self.decoder):
+            net = getattr(part, "net", None)
+            if (isinstance(net, nn.Module) and next(net.parameters(), None) is not None
+                    and all(net is not n for n in nets)):
+                nets.append(net)
+        return nets
+
     # -- coordinates --------------------------------------------------------------------------
     def to_model(self, x: Tensor) -> Tensor:
         return (x - self.data_mean.to(x.dtype)) / self.data_scale.to(x.dtype)

@@ -32,17 +32,33 @@ Fault tolerance
 
 Randomness, shards and DDP
 --------------------------
-The random numbers of step ``k`` come from generators seeded by ``(seed, k, stream)``
-(:func:`sbdiff.distributed.step_generator`): stream 0 draws the global batch's row indices,
-stream ``1 + s`` the losses' randomness (times, noise) of shard ``s`` of ``train.shards``. A
-single process computes the shards one after another and accumulates their gradients; under
+The random numbers of step ``k`` (0-based) come from generators seeded by ``(seed, k, stream)``
+(:func:`sbdiff.distributed.step_generator`), so a resumed run draws them again:
+
+* stream 0 (:data:`BATCH_STREAM`): the global batch's row indices;
+* stream ``1 + s`` (:data:`LOSS_STREAM` ``+ s``): the losses' randomness (times, noise) of shard
+  ``s`` of ``train.shards`` (apart from the next two while ``train.shards < 998``);
+* stream 999 (:data:`PRIOR_LOSS_STREAM`): the ``prior_loss`` monitor of a log row (writing rank
+  only; it never touches the weights);
+* streams ``>= 1000``: the methods' own (``begin_step``: trajectory caches, encoder updates).
+
+A single process computes the shards one after another and accumulates their gradients; under
 ``torchrun`` (:mod:`sbdiff.distributed`) each of the ``W`` ranks computes ``train.shards / W`` of
 them and ``DistributedDataParallel`` averages the gradients. Either way the step is the same, so
 a DDP run equals a one-process run with the same ``train.shards`` (up to float rounding).
 Stopping (signal, time budget), skipping (non-finite values) and logging are decided on values
 all-reduced over the ranks, so every rank takes the same branch; only rank 0 writes files.
 ``train.precision = "bf16"`` runs the losses' forward pass under ``torch.autocast``;
-``train.compile`` compiles the networks with ``torch.compile``.
+``train.compile`` compiles the model's networks (:meth:`~sbdiff.model.PathVAE.networks`, whatever
+their class) with ``torch.compile``.
+
+The loop
+--------
+:func:`fit` builds the model, optimiser, scheduler and EMA, restores a :class:`LoopState` (the
+loop-carried counters, which are also the checkpoint's metadata) on a resume, then repeats: stop
+check, :func:`_train_step` (the method's ``begin_step`` hook, the shards' losses and backward pass,
+the optimiser, scheduler and EMA update or a non-finite skip), a log row every ``train.log_every``
+steps (:func:`_log_row`) and a checkpoint when due (:func:`_save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -56,7 +72,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,17 +86,23 @@ from .checkpoint import (CHECKPOINT_FILE, CheckpointWriteError, atomic_save, ato
                          read_checkpoint, restore_rng, write_checkpoint, writes_files)
 from .config import Config, dumps_config, load_config, save_config
 from .data import load_data
-from .methods import make_method
+from .methods import Method, make_method
 from .model import PathVAE
-from .nets import UNet, TimeMLP, make_ema, update_ema
+from .nets import make_ema, update_ema
 
-__all__ = ["fit", "resume_run", "load_run", "resolve_device", "TrainResult", "TrainingInterrupted",
-           "config_changes", "FREE_KEYS"]
+__all__ = ["fit", "resume_run", "load_run", "resolve_device", "TrainResult", "TrainingInterrupted", "LoopState",
+           "config_changes", "FREE_KEYS", "BATCH_STREAM", "LOSS_STREAM", "PRIOR_LOSS_STREAM"]
 
 CONFIG_FILE = "config.toml"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
+
+#: Random streams of a step (:func:`sbdiff.distributed.step_generator`; table in the module docstring):
+#: the global batch's row indices, the losses of shard ``s`` (``LOSS_STREAM + s``), the prior-loss monitor.
+BATCH_STREAM = 0
+LOSS_STREAM = 1
+PRIOR_LOSS_STREAM = 999
 
 #: Config keys a resume may change without ``allow_config_change``: they set when training stops,
 #: when checkpoints are written and how samples are drawn, never what a step computes.
@@ -275,10 +297,170 @@ def _agree_stop(reason: str | None, env: distributed.DistEnv, device: torch.devi
 
 
 def _compile_networks(model: PathVAE) -> None:
-    """``torch.compile`` each network in place (``nn.Module.compile``: state-dict keys unchanged)."""
-    for module in model.modules():
-        if isinstance(module, (TimeMLP, UNet)):
-            module.compile()
+    """``torch.compile`` each network of the model in place (:meth:`~sbdiff.model.PathVAE.networks`,
+    whatever its class; ``nn.Module.compile``: state-dict keys unchanged)."""
+    for net in model.networks():
+        net.compile()
+
+
+# -- the loop state -------------------------------------------------------------------------------
+@dataclass
+class LoopState:
+    """What :func:`fit`'s loop carries from step to step; also a checkpoint's metadata.
+
+    :meth:`to_meta` and :meth:`from_meta` are the one mapping between the two (the keys ``step``,
+    ``elapsed_s``, ``last``, ``log_sums``, ``log_count``, ``skipped``, ``streak`` of the checkpoint's
+    JSON document), so a resume restores exactly what a checkpoint saved.
+
+    Attributes
+    ----------
+    step : int
+        Steps taken (skipped ones included): the 0-based index of the next step.
+    elapsed_s : float
+        Seconds of training before this session (the earlier sessions of a resumed run).
+    last : dict
+        The last row written to ``metrics.jsonl``.
+    log_sums : dict
+        ``{key: (sum, n)}``: the good steps' loss values since the last log row (per key: a
+        method's keys may change between steps).
+    log_count : int
+        Good steps since the last log row.
+    skipped : int
+        Steps skipped for a non-finite loss or gradient, over the whole run.
+    streak : int
+        Non-finite steps in a row up to the last step.
+    started : float
+        ``time.monotonic()`` when this session's training began (not saved).
+    """
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    last: dict = field(default_factory=dict)
+    log_sums: dict = field(default_factory=dict)
+    log_count: int = 0
+    skipped: int = 0
+    streak: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        """Seconds of training over the whole run up to now."""
+        return self.elapsed_s + (time.monotonic() - self.started)
+
+    def to_meta(self) -> dict:
+        """The checkpoint metadata of this state (``elapsed_s``: the whole run's seconds up to now)."""
+        return {"step": self.step, "elapsed_s": self.elapsed(), "last": self.last, "log_sums": self.log_sums,
+                "log_count": self.log_count, "skipped": self.skipped, "streak": self.streak}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> LoopState:
+        """The state a checkpoint's metadata saved (:meth:`to_meta`), its session starting now.
+
+        ``log_sums`` values are ``[sum, n]`` pairs; a bare sum (older checkpoints) counts
+        ``log_count`` steps.
+        """
+        count = meta["log_count"]
+        sums = {k: tuple(v) if isinstance(v, list) else (v, count) for k, v in meta["log_sums"].items()}
+        return cls(step=meta["step"], elapsed_s=meta["elapsed_s"], last=meta["last"], log_sums=sums,
+                   log_count=count, skipped=meta["skipped"], streak=meta["streak"])
+
+
+@dataclass
+class _Session:
+    """What one call of :func:`fit` trains with. Fixed for the session, except the checkpoint
+    bookkeeping (``saved_step``: the step of the last checkpoint on disk, ``saved_at``: its
+    ``time.monotonic()``) and the outputs that :func:`_open_outputs` opens."""
+
+    config: Config
+    env: distributed.DistEnv
+    device: torch.device
+    method: Method
+    model: PathVAE
+    ema: torch.optim.swa_utils.AveragedModel
+    params: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loss_module: torch.nn.Module
+    x: torch.Tensor  # the training data, model coordinates
+    shards: list  # slices of the global batch, one per shard
+    my_shards: range  # the shards this rank computes
+    autocast: object  # () -> context manager of the losses' forward pass
+    run_dir: Path | None
+    writer: bool
+    fingerprint: str
+    saved_step: int | None = None
+    saved_at: float = 0.0
+    metrics_fh: object = None
+    bar: object = None
+
+    @property
+    def per_rank(self) -> int:
+        return len(self.my_shards)
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.run_dir / CHECKPOINT_FILE if self.writer else None
+
+
+def _open_run(config: Config, run_dir: Path | None, env: distributed.DistEnv, writer: bool, fingerprint: str,
+              resume: bool, allow_config_change: bool) -> tuple:
+    """Open a resume (:func:`_open_resume`) or prepare a fresh run directory.
+
+    Returns
+    -------
+    ckpt : the checkpoint to resume from (``read_checkpoint``'s tuple), or ``None``.
+    changes : ``{key: (old, new)}`` config keys a resume changes, or ``None``.
+    """
+    if resume:
+        return _open_resume(config, run_dir, fingerprint, allow_config_change)
+    if run_dir is not None:
+        def prepare():
+            _prepare_run_dir(run_dir)
+            save_config(config, run_dir / CONFIG_FILE)
+        _on_writer(env, writer, prepare)
+    return None, None
+
+
+def _build(config: Config, env: distributed.DistEnv, device: torch.device, method: Method, data: np.ndarray,
+           prior: np.ndarray | None, run_dir: Path | None, writer: bool, fingerprint: str) -> _Session:
+    """Seed the global RNG with ``config.seed``, build the model, optimiser, scheduler (warm-up
+    times ``method.lr_factor``), EMA and the losses' module (DDP-wrapped under ``torchrun``).
+
+    Returns
+    -------
+    _Session : everything but the outputs (:func:`_open_outputs`) and the checkpoint bookkeeping.
+    """
+    tc = config.train
+    torch.manual_seed(config.seed)
+    model = method.build(data, prior).to(device)
+    x = model.to_model(torch.as_tensor(data, dtype=torch.float32, device=device))
+    params = method.trainable(model)
+    opt = torch.optim.Adam(params, lr=tc.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(tc.warmup, 1)) * method.lr_factor(s))
+    ema = make_ema(model, tc.ema_decay)
+    if tc.compile:
+        _compile_networks(model)
+    loss_module = _Losses(method, model)
+    if env.active:
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.ddp_find_unused_parameters)
+    per_rank = tc.shards // env.world_size
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" \
+        else contextlib.nullcontext
+    return _Session(config, env, device, method, model, ema, params, opt, sched, loss_module, x,
+                    shards=distributed.shard_slices(tc.batch_size, tc.shards),
+                    my_shards=range(env.rank * per_rank, (env.rank + 1) * per_rank), autocast=autocast,
+                    run_dir=run_dir, writer=writer, fingerprint=fingerprint)
+
+
+def _open_outputs(s: _Session, state: LoopState, max_steps: int | None, progress: bool) -> None:
+    """Open ``metrics.jsonl`` (writing rank) and the progress bar, and start the clocks: the
+    session's training time and the checkpoint interval count from now."""
+    s.metrics_fh = open(s.run_dir / METRICS_FILE, "a") if s.writer else None
+    s.bar = tqdm(total=max_steps, initial=state.step, desc=f"train {s.config.method}",
+                 disable=None if progress else True, dynamic_ncols=True)
+    state.started = s.saved_at = time.monotonic()
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -317,179 +499,218 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         data = load_data(config.data.data, config.data.n_samples, config.seed)
     prior = load_prior(config, data.shape[1])
     fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]))
-    tc = config.train
+    ckpt, changes = _open_run(config, run_dir, env, writer, fingerprint, resume, allow_config_change)
+    s = _build(config, env, device, method, data, prior, run_dir, writer, fingerprint)
 
-    ckpt = changes = None
-    if resume:
-        ckpt, changes = _open_resume(config, run_dir, fingerprint, allow_config_change)
-    elif run_dir is not None:
-        def prepare():
-            _prepare_run_dir(run_dir)
-            save_config(config, run_dir / CONFIG_FILE)
-        _on_writer(env, writer, prepare)
-
-    torch.manual_seed(config.seed)
-    model = method.build(data, prior).to(device)
-    x = model.to_model(torch.as_tensor(data, dtype=torch.float32, device=device))
-    params = method.trainable(model)
-    opt = torch.optim.Adam(params, lr=tc.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(tc.warmup, 1)) * method.lr_factor(s))
-    ema = make_ema(model, tc.ema_decay)
-    if tc.compile:
-        _compile_networks(model)
-    loss_module = _Losses(method, model)
-    if env.active:
-        loss_module = torch.nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=method.ddp_find_unused_parameters)
-    shards = distributed.shard_slices(tc.batch_size, tc.shards)
-    per_rank = tc.shards // env.world_size
-    my_shards = range(env.rank * per_rank, (env.rank + 1) * per_rank)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" \
-        else contextlib.nullcontext
-
-    step, elapsed0, last, sums, count, skipped, streak = 0, 0.0, {}, {}, 0, 0, 0
-    resumed_from = None
+    state, resumed_from = LoopState(), None
     if ckpt is not None:
-        meta = _restore(ckpt, model, ema, opt, sched, method, config, run_dir)
-        step, elapsed0, last = meta["step"], meta["elapsed_s"], meta["last"]
-        sums = {k: tuple(v) if isinstance(v, list) else (v, meta["log_count"]) for k, v in meta["log_sums"].items()}
-        count = meta["log_count"]
-        skipped, streak = meta["skipped"], meta["streak"]
-        resumed_from = step
+        state = LoopState.from_meta(_restore(ckpt, s.model, s.ema, s.opt, s.sched, method, config, run_dir))
+        s.saved_step = resumed_from = state.step
     if resume and writer:  # the checkpoint fits: record the resume, cut the log back to its step
-        _record_resume(config, run_dir, step, changes)
-        _truncate_metrics(run_dir / METRICS_FILE, step)
+        _record_resume(config, run_dir, state.step, changes)
+        _truncate_metrics(run_dir / METRICS_FILE, state.step)
 
+    tc = config.train
     budget = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
     max_steps = min([n for n in (tc.steps, method.max_steps()) if n], default=None)
-    ckpt_path = run_dir / CHECKPOINT_FILE if writer else None
-    metrics_fh = open(run_dir / METRICS_FILE, "a") if writer else None
-    bar = tqdm(total=max_steps, initial=step, desc=f"train {config.method}", disable=None if progress else True,
-               dynamic_ncols=True)
-    start = time.monotonic()
-    elapsed = lambda: elapsed0 + (time.monotonic() - start)  # noqa: E731
-    saved_step, saved_at = (step if ckpt is not None else None), time.monotonic()
-
-    def save_checkpoint() -> None:
-        nonlocal saved_step, saved_at
-        if metrics_fh is not None:  # the log up to this step is on disk before the checkpoint is
-            metrics_fh.flush()
-            os.fsync(metrics_fh.fileno())
-        meta = {"step": step, "elapsed_s": elapsed(), "last": last, "log_sums": sums, "log_count": count,
-                "skipped": skipped, "streak": streak, "method": config.method, "data_sha256": fingerprint,
-                "config": dumps_config(config), "torch": torch.__version__}
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "method": method.state_dict(),
-                 "rng": capture_rng()}
-        try:
-            write_checkpoint(ckpt_path, model=model, ema=ema, meta=meta, state=state)
-        except CheckpointWriteError as err:
-            kept = (f"the last good checkpoint (step {saved_step}) is intact" if saved_step is not None
-                    else "no checkpoint was written before")
-            raise CheckpointWriteError(f"training stopped at step {step}: {err}; {kept}. Free space or fix the "
-                                       f"directory, then continue with: sbdiff train --resume {run_dir}") from None
-        saved_step, saved_at = step, time.monotonic()
-
-    def nonfinite_error(what: str) -> SbdiffError:
-        limit = (f"train.max_nonfinite = 0 stops at the first" if tc.max_nonfinite == 0 else
-                 f"{streak} steps in a row, more than train.max_nonfinite = {tc.max_nonfinite}")
-        where = (f"the last good checkpoint (step {saved_step}) is kept in {ckpt_path}; after changing the config "
-                 f"continue it with: sbdiff train --resume {run_dir} --allow-config-change"
-                 if saved_step is not None else "no checkpoint was written")
-        return SbdiffError(f"training diverged: non-finite {what} at step {step} ({limit}); {where}. "
-                           "Lower train.lr or check the data")
-
+    _open_outputs(s, state, max_steps, progress)
     stopped_by = "steps"
     try:
         with _StopSignals(run_dir is not None) as signals:
-            while max_steps is None or step < max_steps:
-                reason = "signal" if signals.received is not None else ("time" if elapsed() >= budget else None)
+            while max_steps is None or state.step < max_steps:
+                reason = "signal" if signals.received is not None else ("time" if state.elapsed() >= budget else None)
                 reason = _agree_stop(reason, env, device)
                 if reason is not None:
                     stopped_by = reason
                     break
-                with torch.no_grad():
-                    method.begin_step(model, ema.module, step)
-                idx_gen = distributed.step_generator(config.seed, step, 0, device)
-                idx = torch.randint(0, x.shape[0], (tc.batch_size,), generator=idx_gen, device=device)
-                opt.zero_grad(set_to_none=True)
-                names, values = None, 0.0
-                for j, s in enumerate(my_shards):
-                    gen = distributed.step_generator(config.seed, step, 1 + s, device)
-                    sync = contextlib.nullcontext() if not env.active or j == per_rank - 1 else loss_module.no_sync()
-                    with sync:
-                        with autocast():
-                            losses = loss_module(x[idx[shards[s]]], gen)
-                        (losses["loss"].float() / per_rank).backward()  # always: DDP ranks must meet
-                    names = sorted(losses)
-                    values = values + torch.stack([losses[k].detach().float() for k in names]) / per_rank
-                values = distributed.all_mean(values, env)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                bad = "loss" if not torch.isfinite(values).all() else (
-                    "gradients" if not torch.isfinite(grad_norm) else None)
-                step += 1
-                if bad is None:
-                    opt.step()
-                    sched.step()
-                    update_ema(ema, model, method.frozen(step - 1))
-                    streak = 0
-                    count += 1
-                    for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
-                        total, n = sums.get(k, (0.0, 0))
-                        sums[k] = (total + v, n + 1)
-                else:  # skip: no optimiser, scheduler or EMA update
-                    opt.zero_grad(set_to_none=True)
-                    skipped += 1
-                    streak += 1
-                    if streak > tc.max_nonfinite:
-                        raise nonfinite_error(bad)
-                bar.update(1)
-                if step % tc.log_every == 0 or step == max_steps:
-                    last = {"step": step, **{k: total / n for k, (total, n) in sums.items()}}
-                    if "prior_loss" not in last and writer:
-                        last["prior_loss"] = float(method.prior_loss(model, x[idx], gen))
-                    last["lr"] = sched.get_last_lr()[0]
-                    last["elapsed_s"] = round(elapsed(), 3)
-                    if skipped:
-                        last["skipped_nonfinite"] = skipped
-                    if metrics_fh is not None:
-                        try:
-                            metrics_fh.write(json.dumps(last) + "\n")
-                            metrics_fh.flush()
-                        except OSError as err:
-                            raise SbdiffError(f"cannot write {run_dir / METRICS_FILE}: {err.strerror or err}; "
-                                              f"continue with: sbdiff train --resume {run_dir}") from None
-                    if "loss" in last:
-                        bar.set_postfix(loss=f"{last['loss']:.4f}", **method.progress_info(step - 1))
-                    sums, count = {}, 0
-                if writer and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or method.checkpoint_due(step) or
-                               (tc.checkpoint_minutes and time.monotonic() - saved_at >= 60 * tc.checkpoint_minutes)):
-                    save_checkpoint()
-            if stopped_by == "signal":
-                if writer and saved_step != step:
-                    save_checkpoint()
-                name = signal.Signals(signals.received).name
-                raise TrainingInterrupted(
-                    f"training stopped by {name} after step {step}; checkpoint saved in {ckpt_path}. "
-                    f"Continue with: sbdiff train --resume {run_dir}", signals.received, step, run_dir)
-            if step == 0:
-                raise SbdiffError("the time budget ended before the first training step")
-            if writer and saved_step != step:
-                save_checkpoint()  # the final state: a later resume with a larger budget continues it
+                idx = _train_step(s, state)
+                s.bar.update(1)
+                if state.step % tc.log_every == 0 or state.step == max_steps:
+                    _log_row(s, state, idx)
+                if _checkpoint_due(s, state):
+                    _save_checkpoint(s, state)
+            _end_loop(s, state, stopped_by, signals)
     finally:
-        bar.close()
-        if metrics_fh is not None:
-            metrics_fh.close()
-    seconds = elapsed()
-    ema_model = ema.module.eval()
+        s.bar.close()
+        if s.metrics_fh is not None:
+            s.metrics_fh.close()
+    seconds = state.elapsed()
+    ema_model = s.ema.module.eval()
     if writer:
         try:
-            save_weights(model, ema, run_dir / WEIGHTS_FILE)
+            save_weights(s.model, s.ema, run_dir / WEIGHTS_FILE)
         except CheckpointWriteError as err:
-            raise CheckpointWriteError(f"{err}; the training state is in {ckpt_path}, write the weights with: "
+            raise CheckpointWriteError(f"{err}; the training state is in {s.ckpt_path}, write the weights with: "
                                        f"sbdiff train --resume {run_dir}") from None
-    return TrainResult(ema_model, run_dir, step, seconds, stopped_by, last, skipped, resumed_from)
+    return TrainResult(ema_model, run_dir, state.step, seconds, stopped_by, state.last, state.skipped, resumed_from)
+
+
+def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
+    """Take step ``state.step`` (one optimiser step) and count it.
+
+    In order: the method's ``begin_step`` hook (under ``no_grad``, before the batch); the global
+    batch's row indices (stream :data:`BATCH_STREAM`); for each of this rank's shards the losses
+    (stream ``LOSS_STREAM + shard``) and their backward pass (gradients accumulate; DDP averages
+    them over the ranks at the last shard); the loss values' mean over the ranks; gradient clipping.
+    Then either the optimiser, scheduler and EMA update (its loss values go into the log sums) or,
+    for a non-finite loss or gradient norm, a skip, which raises once more than
+    ``train.max_nonfinite`` come in a row.
+
+    Parameters
+    ----------
+    s : the session.
+    state : the loop state; ``step``, ``streak``, ``skipped`` and the log sums are updated.
+
+    Returns
+    -------
+    Tensor : the global batch's row indices into ``s.x``, shape ``(train.batch_size,)``.
+
+    Raises
+    ------
+    SbdiffError : too many non-finite steps in a row (:func:`_nonfinite_error`).
+    """
+    tc, env, step = s.config.train, s.env, state.step
+    with torch.no_grad():
+        s.method.begin_step(s.model, s.ema.module, step)
+    idx_gen = distributed.step_generator(s.config.seed, step, BATCH_STREAM, s.device)
+    idx = torch.randint(0, s.x.shape[0], (tc.batch_size,), generator=idx_gen, device=s.device)
+    s.opt.zero_grad(set_to_none=True)
+    names, values = None, 0.0
+    for j, shard in enumerate(s.my_shards):
+        gen = distributed.step_generator(s.config.seed, step, LOSS_STREAM + shard, s.device)
+        sync = contextlib.nullcontext() if not env.active or j == s.per_rank - 1 else s.loss_module.no_sync()
+        with sync:
+            with s.autocast():
+                losses = s.loss_module(s.x[idx[s.shards[shard]]], gen)
+            (losses["loss"].float() / s.per_rank).backward()  # always: DDP ranks must meet
+        names = sorted(losses)
+        values = values + torch.stack([losses[k].detach().float() for k in names]) / s.per_rank
+    values = distributed.all_mean(values, env)
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.params, tc.grad_clip)
+    bad = "loss" if not torch.isfinite(values).all() else ("gradients" if not torch.isfinite(grad_norm) else None)
+    step = state.step = step + 1
+    if bad is None:
+        s.opt.step()
+        s.sched.step()
+        update_ema(s.ema, s.model, s.method.frozen(step - 1))
+        state.streak = 0
+        state.log_count += 1
+        for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
+            total, n = state.log_sums.get(k, (0.0, 0))
+            state.log_sums[k] = (total + v, n + 1)
+    else:  # skip: no optimiser, scheduler or EMA update
+        s.opt.zero_grad(set_to_none=True)
+        state.skipped += 1
+        state.streak += 1
+        if state.streak > tc.max_nonfinite:
+            raise _nonfinite_error(s, state, bad)
+    return idx
+
+
+def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
+    """Write the log row after step ``state.step`` and start new log sums.
+
+    The row holds the means of the losses since the last row, the method's ``prior_loss`` monitor
+    on the step's batch ``s.x[idx]`` when the losses do not carry it (writing rank only; stream
+    :data:`PRIOR_LOSS_STREAM` of the step), the learning rate, the elapsed seconds and the count of
+    skipped steps (if any). It becomes ``state.last``; the progress bar shows its loss.
+
+    Parameters
+    ----------
+    s : the session.
+    state : the loop state (just after a step).
+    idx : the step's batch indices (:func:`_train_step`).
+
+    Raises
+    ------
+    SbdiffError : ``metrics.jsonl`` cannot be written.
+    """
+    step = state.step
+    last = {"step": step, **{k: total / n for k, (total, n) in state.log_sums.items()}}
+    if "prior_loss" not in last and s.writer:
+        gen = distributed.step_generator(s.config.seed, step - 1, PRIOR_LOSS_STREAM, s.device)
+        last["prior_loss"] = float(s.method.prior_loss(s.model, s.x[idx], gen))
+    last["lr"] = s.sched.get_last_lr()[0]
+    last["elapsed_s"] = round(state.elapsed(), 3)
+    if state.skipped:
+        last["skipped_nonfinite"] = state.skipped
+    if s.metrics_fh is not None:
+        try:
+            s.metrics_fh.write(json.dumps(last) + "\n")
+            s.metrics_fh.flush()
+        except OSError as err:
+            raise SbdiffError(f"cannot write {s.run_dir / METRICS_FILE}: {err.strerror or err}; "
+                              f"continue with: sbdiff train --resume {s.run_dir}") from None
+    if "loss" in last:
+        s.bar.set_postfix(loss=f"{last['loss']:.4f}", **s.method.progress_info(step - 1))
+    state.last, state.log_sums, state.log_count = last, {}, 0
+
+
+def _checkpoint_due(s: _Session, state: LoopState) -> bool:
+    """Whether a checkpoint is due after step ``state.step`` (writing rank only): every
+    ``train.checkpoint_every`` steps, when the method says so, every ``train.checkpoint_minutes``."""
+    tc, step = s.config.train, state.step
+    return bool(s.writer and ((tc.checkpoint_every and step % tc.checkpoint_every == 0)
+                              or s.method.checkpoint_due(step)
+                              or (tc.checkpoint_minutes and time.monotonic() - s.saved_at >= 60 * tc.checkpoint_minutes)))
+
+
+def _save_checkpoint(s: _Session, state: LoopState) -> None:
+    """Write the checkpoint of the state after step ``state.step`` (writing rank only).
+
+    The log up to this step is flushed to disk first. The metadata is :meth:`LoopState.to_meta`
+    and the run's identity (method, data fingerprint, config, torch version); the state holds the
+    optimiser, scheduler, method schedule and the global RNG states.
+
+    Raises
+    ------
+    CheckpointWriteError : the write failed; the last good checkpoint is intact.
+    """
+    if s.metrics_fh is not None:  # the log up to this step is on disk before the checkpoint is
+        s.metrics_fh.flush()
+        os.fsync(s.metrics_fh.fileno())
+    meta = {**state.to_meta(), "method": s.config.method, "data_sha256": s.fingerprint,
+            "config": dumps_config(s.config), "torch": torch.__version__}
+    saved = {"optimizer": s.opt.state_dict(), "scheduler": s.sched.state_dict(), "method": s.method.state_dict(),
+             "rng": capture_rng()}
+    try:
+        write_checkpoint(s.ckpt_path, model=s.model, ema=s.ema, meta=meta, state=saved)
+    except CheckpointWriteError as err:
+        kept = (f"the last good checkpoint (step {s.saved_step}) is intact" if s.saved_step is not None
+                else "no checkpoint was written before")
+        raise CheckpointWriteError(f"training stopped at step {state.step}: {err}; {kept}. Free space or fix the "
+                                   f"directory, then continue with: sbdiff train --resume {s.run_dir}") from None
+    s.saved_step, s.saved_at = state.step, time.monotonic()
+
+
+def _nonfinite_error(s: _Session, state: LoopState, what: str) -> SbdiffError:
+    """The error that stops training after too many non-finite steps (``what``: ``loss`` or
+    ``gradients``), naming the step and the last good checkpoint."""
+    tc = s.config.train
+    limit = (f"train.max_nonfinite = 0 stops at the first" if tc.max_nonfinite == 0 else
+             f"{state.streak} steps in a row, more than train.max_nonfinite = {tc.max_nonfinite}")
+    where = (f"the last good checkpoint (step {s.saved_step}) is kept in {s.ckpt_path}; after changing the config "
+             f"continue it with: sbdiff train --resume {s.run_dir} --allow-config-change"
+             if s.saved_step is not None else "no checkpoint was written")
+    return SbdiffError(f"training diverged: non-finite {what} at step {state.step} ({limit}); {where}. "
+                       "Lower train.lr or check the data")
+
+
+def _end_loop(s: _Session, state: LoopState, stopped_by: str, signals: _StopSignals) -> None:
+    """After the loop: on a signal write a checkpoint and raise :class:`TrainingInterrupted`;
+    refuse a run that took no step; else write the final checkpoint (a later resume with a larger
+    budget continues it)."""
+    if stopped_by == "signal":
+        if s.writer and s.saved_step != state.step:
+            _save_checkpoint(s, state)
+        name = signal.Signals(signals.received).name
+        raise TrainingInterrupted(
+            f"training stopped by {name} after step {state.step}; checkpoint saved in {s.ckpt_path}. "
+            f"Continue with: sbdiff train --resume {s.run_dir}", signals.received, state.step, s.run_dir)
+    if state.step == 0:
+        raise SbdiffError("the time budget ended before the first training step")
+    if s.writer and s.saved_step != state.step:
+        _save_checkpoint(s, state)
 
 
 def load_prior(config: Config, dim: int, *, required: bool = True) -> np.ndarray | None:
