@@ -189,3 +189,53 @@ def test_networks_are_the_parts_nets(tmp_path, method):
     assert nets == expected and len(nets) >= 1 and all(isinstance(n, torch.nn.Module) for n in nets)
     if method in ("dsb", "sbfbsde"):  # both networks learned; sgm: fixed encoder, vsdm: linear encoder
         assert len(nets) == 2
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_one_freeze_policy_and_only_the_trainer_writes_the_ema(tmp_path, monkeypatch, method):
+    """Between the trainer's EMA updates nothing writes the EMA (``begin_step`` gets no EMA model);
+    the update leaves the frozen prefixes' averaged weights unchanged; and the copy handed to
+    ``set_frozen`` holds them (the snapshot the other network trains against)."""
+    import sbdiff.train as train_module
+
+    seen = {"ema": None, "handed": None, "checks": 0}
+    mirror, set_frozen, losses = train_module._mirror_untrained, method_class(method).set_frozen, method_class(method).losses
+
+    def state(s):
+        return {k: v.clone() for k, v in s.ema.module.state_dict().items()}
+
+    def after_update(s):
+        mirror(s)
+        before, frozen = seen["ema"], seen["frozen"]
+        now = state(s)
+        if before is not None:
+            for k in now:
+                if k.startswith(frozen):
+                    assert torch.equal(now[k], before[k]), k
+        seen["ema"], seen["session"] = now, s
+
+    def spy_set_frozen(self, frozen):
+        seen["handed"] = frozen
+        set_frozen(self, frozen)
+
+    def spy_losses(self, model, batch, generator):
+        s = seen.get("session")
+        if s is not None:  # begin_step ran since the last update: the EMA is as the trainer left it
+            current = state(s)
+            assert all(torch.equal(current[k], seen["ema"][k]) for k in current)
+            prefixes = s.frozen
+            if prefixes:
+                handed = seen["handed"].state_dict()
+                assert all(torch.equal(handed[k], current[k]) for k in current if k.startswith(prefixes))
+                seen["checks"] += 1
+        seen["frozen"] = s.frozen if s is not None and s.frozen else ()
+        return losses(self, model, batch, generator)
+
+    monkeypatch.setattr(train_module, "_mirror_untrained", after_update)
+    monkeypatch.setattr(method_class(method), "set_frozen", spy_set_frozen)
+    monkeypatch.setattr(method_class(method), "losses", spy_losses)
+    seen["frozen"] = ()
+    fit(_cfg(tmp_path, method), tmp_path / "r", progress=False)
+    assert seen["ema"] is not None
+    if method in ("dsb", "sbfbsde"):  # alternating presets freeze a side in every step
+        assert seen["checks"] >= 10

@@ -64,6 +64,7 @@ steps (:func:`_log_row`) and a checkpoint when due (:func:`_save_checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -391,6 +392,9 @@ class _Session:
     saved_at: float = 0.0
     metrics_fh: object = None
     bar: object = None
+    untrained: list = field(default_factory=list)  # (EMA, live) parameter pairs the optimiser does not update
+    frozen: tuple | None = None  # the prefixes method.frozen gave for the last step
+    frozen_model: PathVAE | None = None  # the averaged copy handed to method.set_frozen
 
     @property
     def per_rank(self) -> int:
@@ -448,10 +452,12 @@ def _build(config: Config, env: distributed.DistEnv, device: torch.device, metho
     per_rank = tc.shards // env.world_size
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" \
         else contextlib.nullcontext
+    optimised = {id(p) for p in params}
+    untrained = [(q, p) for q, p in zip(ema.module.parameters(), model.parameters()) if id(p) not in optimised]
     return _Session(config, env, device, method, model, ema, params, opt, sched, loss_module, x,
                     shards=distributed.shard_slices(tc.batch_size, tc.shards),
                     my_shards=range(env.rank * per_rank, (env.rank + 1) * per_rank), autocast=autocast,
-                    run_dir=run_dir, writer=writer, fingerprint=fingerprint)
+                    run_dir=run_dir, writer=writer, fingerprint=fingerprint, untrained=untrained)
 
 
 def _open_outputs(s: _Session, state: LoopState, max_steps: int | None, progress: bool) -> None:
@@ -545,6 +551,30 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     return TrainResult(ema_model, run_dir, state.step, seconds, stopped_by, state.last, state.skipped, resumed_from)
 
 
+@torch.no_grad()
+def _freeze_policy(s: _Session, step: int) -> None:
+    """The one freeze policy, before the method's ``begin_step``: when ``method.frozen(step)`` changes
+    (and at a session's first step), hand the method a copy of the averaged model, whose frozen
+    prefixes hold the snapshot the other network trains against (``Method.set_frozen``). The EMA
+    itself is written by the trainer only: ``update_ema`` leaves the frozen prefixes as they are."""
+    frozen = s.method.frozen(step)
+    if frozen and frozen != s.frozen:
+        if s.frozen_model is None:
+            s.frozen_model = copy.deepcopy(s.ema.module).requires_grad_(False)
+        else:
+            s.frozen_model.load_state_dict(s.ema.module.state_dict())
+        s.method.set_frozen(s.frozen_model)
+    s.frozen = frozen
+
+
+@torch.no_grad()
+def _mirror_untrained(s: _Session) -> None:
+    """Copy the parameters the optimiser does not update (a method's own updates in ``begin_step``,
+    e.g. VSDM's encoder) into the EMA model: the averaged networks are paired with their current value."""
+    for averaged, live in s.untrained:
+        averaged.copy_(live)
+
+
 def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     """Take step ``state.step`` (one optimiser step) and count it.
 
@@ -570,8 +600,9 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     SbdiffError : too many non-finite steps in a row (:func:`_nonfinite_error`).
     """
     tc, env, step = s.config.train, s.env, state.step
+    _freeze_policy(s, step)
     with torch.no_grad():
-        s.method.begin_step(s.model, s.ema.module, step)
+        s.method.begin_step(s.model, step)
     idx_gen = distributed.step_generator(s.config.seed, step, BATCH_STREAM, s.device)
     idx = torch.randint(0, s.x.shape[0], (tc.batch_size,), generator=idx_gen, device=s.device)
     s.opt.zero_grad(set_to_none=True)
@@ -593,13 +624,15 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
         s.opt.step()
         s.sched.step()
         update_ema(s.ema, s.model, s.method.frozen(step - 1))
+        _mirror_untrained(s)
         state.streak = 0
         state.log_count += 1
         for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
             total, n = state.log_sums.get(k, (0.0, 0))
             state.log_sums[k] = (total + v, n + 1)
-    else:  # skip: no optimiser, scheduler or EMA update
+    else:  # skip: no optimiser, scheduler or EMA update (the method's own updates are mirrored)
         s.opt.zero_grad(set_to_none=True)
+        _mirror_untrained(s)
         state.skipped += 1
         state.streak += 1
         if state.streak > tc.max_nonfinite:

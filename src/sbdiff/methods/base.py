@@ -13,7 +13,7 @@ from ..config import Config
 from ..data import ImageScaling, Standardizer
 from ..model import PathVAE
 from ..nets import TimeMLP, UNet
-from ..objectives import gaussian_moment_kl
+from ..objectives import gaussian_kl_estimate
 from ..references import make_reference
 from ..registry import register
 
@@ -97,6 +97,9 @@ class Method:
 
     def __init__(self, config: Config):
         self.config = config
+        #: the prior data set's Gaussian fit ``(mean (d,), cov (d, d))`` in model coordinates, float64
+        #: (bridge mode; set by :meth:`assemble`); ``None``: the reference prior ``N(0, prior_var·I)``
+        self.prior_moments: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def check(cls, config: Config) -> None:
@@ -113,9 +116,31 @@ class Method:
         ``(M, d)`` of bridge mode and the SDEs' fixed time grid ``sde_grid`` (``(K+1,)``, or ``None``)."""
         cfg = self.config
         mean, scale, step = data_scaling(cfg, data)
-        return PathVAE(encoder, decoder, check_flat(data), cfg.model.t_min if t_min is None else t_min,
-                       torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
-                       image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=sde_grid)
+        model = PathVAE(encoder, decoder, check_flat(data), cfg.model.t_min if t_min is None else t_min,
+                        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
+                        image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=sde_grid)
+        self.prior_moments = None
+        if prior is not None and len(prior):
+            p = model.to_model(torch.as_tensor(prior, dtype=torch.float32)).double()
+            d = p.shape[1]
+            eye = torch.eye(d, dtype=torch.float64)
+            cov = torch.cov(p.T).reshape(d, d) if len(p) > 1 else eye
+            self.prior_moments = (p.mean(0), cov + 1e-9 * eye * torch.diagonal(cov).mean().clamp_min(1e-12))
+        return model
+
+    def prior_kl(self, model: PathVAE, x_T: Tensor) -> Tensor:
+        """The prior-loss monitor of every preset: ``KL(q_T ‖ prior)`` for the law of the encoder's
+        terminal samples ``x_T`` ``(n, d)``, by :func:`~sbdiff.objectives.gaussian_kl_estimate`
+        (Gaussian moments, free of the plug-in bias; a lower bound of the KL against a Gaussian prior,
+        exact when ``q_T`` is Gaussian). The prior is ``N(0, prior_var·I)`` of the reference, or the
+        Gaussian fit of the prior data set (bridge mode: a moment-matching proxy). Scalar, nats; NaN
+        for fewer than 3 samples."""
+        if x_T.shape[0] < 3:
+            return torch.tensor(float("nan"))
+        if self.prior_moments is not None:
+            mean, cov = (v.to(x_T.device) for v in self.prior_moments)
+            return gaussian_kl_estimate(x_T, mean, cov)
+        return gaussian_kl_estimate(x_T, prior_var=model.reference.prior_var())
 
     @classmethod
     def schedule_ends(cls, config: Config) -> bool:
@@ -136,10 +161,10 @@ class Method:
         raise NotImplementedError
 
     # -- hooks of the training loop (defaults: a stateless method with one optimiser) --------------
-    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+    def begin_step(self, model: PathVAE, step: int) -> None:
         """Called before optimiser step ``step`` (0-based, the count of steps done), on every rank,
         outside autograd: switch half-bridges, refresh trajectory caches, update parameters that are
-        not optimised by the loop's optimiser. ``ema_model`` holds the averaged weights. Randomness
+        not optimised by the loop's optimiser (the trainer then mirrors them into the EMA). Randomness
         must come from generators seeded by ``(config.seed, step, …)``
         (:func:`sbdiff.distributed.step_generator` with streams ``>= 1000``), so that a resumed run
         repeats it."""
@@ -158,8 +183,15 @@ class Method:
         """State-dict prefixes of the :class:`~sbdiff.model.PathVAE` (e.g. ``"encoder."``) frozen in
         step ``step``: the method's losses give them no gradient (so the optimiser keeps their
         weights and Adam state: a warm start when their turn comes) and the loop's EMA does not move
-        them (their averaged weights stay the snapshot the other network trains against)."""
+        them (their averaged weights stay the snapshot the other network trains against). The one
+        freeze policy: only the trainer writes the EMA; see :meth:`set_frozen`."""
         return ()
+
+    def set_frozen(self, frozen: PathVAE) -> None:
+        """Called by the trainer before :meth:`begin_step` whenever :meth:`frozen` changes (and at the
+        first step of a session) with a copy of the averaged model: the frozen prefixes' weights in it
+        are the snapshot the other network trains against (simulate the frozen side from it; do not
+        train it). The default ignores it."""
 
     def progress_info(self, step: int) -> dict[str, str]:
         """Extra fields of the progress bar at step ``step`` (e.g. the IPF iteration)."""
@@ -186,7 +218,7 @@ class Method:
         Gaussian-moment KL against the reference prior ``N(0, prior_var·I)``; presets with a neural
         encoder override it."""
         x_T, _, _ = model.encoder.sample_transition(batch, 0.0, model.reference.T, generator=generator)
-        return gaussian_moment_kl(x_T, model.reference.prior_var())
+        return self.prior_kl(model, x_T)
 
     def trainable(self, model: PathVAE) -> list[nn.Parameter]:
         """Parameters the optimiser updates."""

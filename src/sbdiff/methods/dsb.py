@@ -13,7 +13,8 @@ These are exactly the Euler–Maruyama steps of the :class:`~sbdiff.model.PathVA
 decoder on that grid (with the noise at the step's lower end, ``noise_at="lower"``), so
 ``decode``/``encode`` of the trained model run the learned chains.
 
-IPF iteration ``n`` (:class:`~sbdiff.methods._schedule.HalfBridgeSchedule`):
+IPF iteration ``n`` (:class:`~sbdiff.methods._schedule.PhaseSchedule`, run by the alternating base
+:class:`~sbdiff.methods._alternating.Alternating`):
 
 1. decoder half-bridge: simulate the frozen encoder from the data and fit ``B^n`` by mean matching,
    ``B_k(X_k) ≈ X_k + F_k(X_{k−1}) − F_k(X_k)`` (De Bortoli et al. 2021, Prop. 3: the backward
@@ -28,10 +29,9 @@ loss per coordinate is ≈ 1 at the optimum (the target's own noise) — ``drift
 phases) and ``encoder_matching`` (encoder phases) are logged so, with their floor ``d``.
 
 Simulated chains are cached (``dsb.cache_size`` paths, refreshed every ``dsb.cache_refresh``
-steps) from the frozen network's EMA weights, which the loop leaves unchanged while that network
-is frozen (:meth:`DSB.frozen`), so they are the snapshot taken when its half-bridge ended; the
-frozen network gets no gradient, so its weights and Adam state carry over to its next half-bridge
-(a warm start). Both noise scales of step ``k`` are ``σ_k = √γ_k g(t_{k−1})`` (the step's data-side
+steps) from the frozen network's averaged weights at the end of its half-bridge (the freeze policy
+of :mod:`sbdiff.methods._alternating`); the frozen network gets no gradient, so its weights and Adam
+state carry over to its next half-bridge (a warm start). Both noise scales of step ``k`` are ``σ_k = √γ_k g(t_{k−1})`` (the step's data-side
 end: the backward kernel of the forward step has the forward step's variance to leading order). A
 cache is seeded by the step it was drawn at, so a resumed run (or another DDP rank) redraws it
 exactly. A checkpoint is written at the end of every half-bridge.
@@ -53,15 +53,13 @@ from torch import Tensor
 from .._utils import SbdiffError, append_dims
 from ..config import Config, Section
 from ..decoders import NeuralDecoder
-from ..distributed import step_generator
 from ..encoders import NeuralEncoder
 from ..model import PathVAE
-from ._schedule import HalfBridgeSchedule, Phase
-from .base import Method, build_network, check_flat, register
+from ._alternating import Alternating
+from ._schedule import Phase
+from .base import build_network, check_flat, register
 
-__all__ = ["DSB", "DSBConfig", "dsb_grid", "gaussian_fit_kl"]
-
-_CACHE_STREAM = 1000
+__all__ = ["DSB", "DSBConfig", "dsb_grid"]
 
 
 @dataclass
@@ -102,32 +100,11 @@ def dsb_grid(T: float, num_steps: int, schedule: str = "symmetric", gamma_ratio:
     return torch.as_tensor(grid, dtype=torch.float64)
 
 
-def gaussian_fit_kl(samples: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
-    """``KL(N(m̂, Ĉ) ‖ N(mean, cov))`` with ``m̂, Ĉ`` the moments of ``samples`` ``(B, d)`` (a
-    Gaussian-moment proxy of the prior loss for a data-set prior; nats, scalar)."""
-    x = samples.double()
-    m = x.mean(0)
-    xc = x - m
-    c = xc.T @ xc / max(len(x) - 1, 1)
-    d = x.shape[1]
-    cov = cov.double()
-    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-    L = torch.linalg.cholesky(cov + 1e-9 * eye)
-    c = c + 1e-9 * eye
-    inv_c = torch.cholesky_solve(c, L)
-    diff = torch.cholesky_solve((m - mean.double())[:, None], L)[:, 0]
-    kl = 0.5 * (torch.diagonal(inv_c).sum() + ((m - mean.double()) * diff).sum() - d
-                + 2 * torch.log(torch.diagonal(L)).sum() - torch.linalg.slogdet(c)[1])
-    return kl.float()
-
-
 @register("dsb")
-class DSB(Method):
+class DSB(Alternating):
     """Neural encoder and decoder / mean matching / alternating half-bridges (IPF)."""
 
     settings = DSBConfig
-    bridges = True
-    ddp_find_unused_parameters = True  # one network gets no gradient in each half-bridge
     # Each half-bridge is a few thousand steps and its EMA weights become the next half-bridge's
     # sampler, so the EMA horizon must be short against a phase (0.999 kept ~55 % of the untrained
     # network after 600 steps; on the d = 2 Gaussian bridge the first decoder's coupling error fell
@@ -155,12 +132,7 @@ class DSB(Method):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        c = config.dsb
-        self.schedule = HalfBridgeSchedule(c.iterations, c.half_steps, c.first_steps)
-        self._phase: Phase | None = None  # the phase the cache belongs to
-        self._cache: dict | None = None
-        self._cache_step: int | None = None
-        self._prior_loss: float | None = None
+        self._prior_loss: float | None = None  # the KL monitor of the last encoder cache
 
     # -- model -----------------------------------------------------------------------------------
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
@@ -172,72 +144,25 @@ class DSB(Method):
                               NeuralDecoder(reference, build_network(cfg, dim, reference.T)), data, prior,
                               t_min=0.0, sde_grid=grid)
         self._data = torch.as_tensor(data, dtype=torch.float32)
-        if prior is not None:  # the prior's Gaussian fit in model coordinates, for the prior-loss monitor
-            p = model.to_model(torch.as_tensor(prior, dtype=torch.float32)).double()
-            self._prior_moments = (p.mean(0), torch.cov(p.T).reshape(dim, dim))
-        else:
-            self._prior_moments = (torch.zeros(dim, dtype=torch.float64),
-                                   reference.prior_var() * torch.eye(dim, dtype=torch.float64))
         return model
 
-    @classmethod
-    def schedule_ends(cls, config: Config) -> bool:
-        return config.dsb.iterations > 0
-
-    def max_steps(self) -> int | None:
-        return self.schedule.total_steps()
-
-    def lr_factor(self, step: int) -> float:
-        """Cosine decay from 1 to ``dsb.lr_final`` over each half-bridge: the mean-matching targets
-        are noisy (variance ``σ_k²`` per step), and a decaying rate averages the noise out before
-        the network is frozen for the next half-bridge."""
-        phase = self.schedule.phase(step)
-        frac = min(max((step - phase.start) / max(phase.end - phase.start, 1), 0.0), 1.0)
-        final = self.config.dsb.lr_final
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    def checkpoint_due(self, step: int) -> bool:
-        return step == self.schedule.phase(step - 1).end if step > 0 else False
-
-    def frozen(self, step: int) -> tuple[str, ...]:
-        return ("encoder.",) if self.schedule.phase(step).role == "decoder" else ("decoder.",)
-
-    def progress_info(self, step: int) -> dict[str, str]:
-        phase = self.schedule.phase(step)
-        total = f"/{self.config.dsb.iterations - 1}" if self.config.dsb.iterations else ""
-        return {"ipf": f"{phase.iteration}{total} {phase.role}"}
-
-    # -- schedule: trajectory caches -------------------------------------------------------------
-    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
-        """Refill the cache at the start of a half-bridge and every ``dsb.cache_refresh`` steps
-        within it, from the frozen network's EMA weights (which the loop does not move while it is
-        frozen: :meth:`frozen`), with randomness seeded by the refresh step (so a resume redraws
-        the same cache)."""
-        phase = self.schedule.phase(step)
-        refresh = self.config.dsb.cache_refresh or (phase.end - phase.start)
-        due = phase.start + (step - phase.start) // refresh * refresh
-        if self._phase != phase or self._cache_step != due:
-            self._phase = phase
-            self._fill_cache(model, ema_model, phase, due)
-
+    # -- the frozen side's chains ----------------------------------------------------------------
     @torch.no_grad()
-    def _fill_cache(self, model: PathVAE, ema_model: PathVAE, phase: Phase, step: int) -> None:
-        """Simulate ``dsb.cache_size`` chains of the frozen network with randomness seeded by ``step``."""
+    def simulate(self, model: PathVAE, frozen, phase: Phase, generator: torch.Generator) -> dict[str, Tensor]:
+        """``dsb.cache_size`` chains of the ``frozen`` part: the encoder's from the data (decoder
+        phases; the prior-loss monitor is measured on their ends) or the decoder's from the prior."""
         device = model.data_mean.device
-        gen = step_generator(self.config.seed, step, _CACHE_STREAM, device)
         n = self.config.dsb.cache_size
         ts = model.sde_grid.to(device)
         if phase.role == "decoder":  # encoder chains from the data
-            idx = torch.randint(0, len(self._data), (n,), generator=gen, device=device)
-            x = model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=gen)
-            xs, outs = self._chain(model, ema_model.encoder.net, x, ts, gen, forward=True)
-            mean, cov = (v.to(device) for v in self._prior_moments)  # the frozen encoder's X_T against the prior
-            self._prior_loss = float(gaussian_fit_kl(xs[-1], mean, cov))
+            idx = torch.randint(0, len(self._data), (n,), generator=generator, device=device)
+            x = model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=generator)
+            xs, outs = self._chain(model, frozen.net, x, ts, generator, forward=True)
+            self._prior_loss = float(self.prior_kl(model, xs[-1]))  # the frozen encoder's X_T against the prior
         else:  # decoder chains from the prior
-            x = model.prior_model_points(n, generator=gen)
-            xs, outs = self._chain(model, ema_model.decoder.net, x, ts, gen, forward=False)
-        self._cache = {"x": xs, "out": outs}
-        self._cache_step = step
+            x = model.prior_model_points(n, generator=generator)
+            xs, outs = self._chain(model, frozen.net, x, ts, generator, forward=False)
+        return {"x": xs, "out": outs}
 
     @staticmethod
     def _step_mean(model: PathVAE, net, x: Tensor, t: Tensor, gamma: Tensor, forward: bool) -> Tensor:
@@ -274,10 +199,8 @@ class DSB(Method):
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Mean matching on ``batch.shape[0]`` (step, path) pairs of the cache (the data batch itself
         is not used: the cache holds the frozen network's chains)."""
-        phase = self._phase
-        if phase is None or self._cache is None:
-            raise SbdiffError("DSB.losses called before begin_step: the training loop sets up the cache")
-        xs, outs = self._cache["x"], self._cache["out"]
+        phase, cache = self._require_cache()
+        xs, outs = cache["x"], cache["out"]
         N, n = outs.shape[0], outs.shape[1]
         B = batch.shape[0]
         k = torch.randint(1, N + 1, (B,), generator=generator, device=xs.device)
@@ -314,6 +237,6 @@ class DSB(Method):
         return {"prior_loss": self._prior_loss if self._prior_loss is not None else float("nan")}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         pl = float(state.get("prior_loss", float("nan")))
         self._prior_loss = None if math.isnan(pl) else pl
-        self._phase = self._cache = self._cache_step = None

@@ -33,12 +33,13 @@ random numbers seeded by ``(seed, step)``; a training batch draws ``(path, time)
 A resumed run re-simulates the cache of its refresh step from the same seed, so it repeats the
 uninterrupted run bit for bit.
 
-Frozen weights: at the end of a phase the trained network is replaced by the average of its weights
-over that phase (``freeze = "average"``: an exponential average with decay ``train.ema_decay``,
-bias-corrected, so it averages this phase only), which then generates the next phase's paths. The
-EMA model the trainer returns holds, for the network in training, this running average (decoder
-phases) or the frozen weights of the previous phase (encoder phases), so that a run stopped at any
-step returns an encoder and a decoder fitted to each other.
+Frozen weights: the freeze policy of the alternating base (:mod:`sbdiff.methods._alternating`): the
+network being fitted is averaged by the trainer's EMA (``train.ema_decay``, 0.99 by this preset's
+default), the frozen one keeps its averaged weights, and the next phase's paths are simulated from the
+averaged weights the phase ended with (``freeze = "average"``) or from its last weights (``"last"``).
+So a run stopped at any step returns (in the EMA model) an encoder and a decoder fitted to each other.
+Before issue 23 this preset kept its own bias-corrected average over each phase and wrote it into the
+model and the EMA; that is gone (one policy for every preset).
 
 Logged (``metrics.jsonl``): ``phase`` (``2n`` decoder, ``2n + 1`` encoder phase of iteration ``n``),
 ``loss`` (what the phase minimises), and
@@ -75,10 +76,11 @@ from ..nets import TimeMLP
 from ..objectives import (divergence_matching, dsm_loss, gaussian_kl_estimate, importance_times,
                           simulate_controlled)
 from ..solvers import time_grid
-from ._schedule import Phase
-from .base import Method, build_network, check_flat, register
+from ._alternating import Alternating
+from ._schedule import Phase, PhaseSchedule
+from .base import build_network, check_flat, register
 
-__all__ = ["SBFBSDE", "SBFBSDEConfig", "SBFBSDESchedule", "training_grid"]
+__all__ = ["SBFBSDE", "SBFBSDEConfig", "training_grid"]
 
 @dataclass
 class SBFBSDEConfig(Section):
@@ -99,97 +101,9 @@ class SBFBSDEConfig(Section):
     cache_size: int = 2048       # paths in the trajectory cache
     cache_refresh: int = 250     # steps between cache refreshes; 0: once per phase
     lr_final: float = 0.1        # the learning rate decays (cosine) to lr_final * train.lr over each phase (open last phase: over half_steps, then stays)
-    freeze: str = "average"      # weights a phase hands on: average (bias-corrected EMA over the phase) | last
+    freeze: str = "average"      # weights a phase hands on: average (the trainer's EMA of the network, train.ema_decay) | last
     hidden: int = 128            # width of both MLPs (vectors); 0: model.hidden and model.blocks
     blocks: int = 2              # residual blocks of both MLPs
-
-
-#: ``end`` of an open-ended phase (the decoder phase after the encoder is frozen).
-OPEN = 2**62
-
-
-@dataclass(frozen=True)
-class SBFBSDESchedule:
-    """Alternating phases: decoder phase 0 (``first_steps``), then encoder phase ``n − 1``
-    (``encoder_steps``) and decoder phase ``n`` (``half_steps``) for ``n = 1, 2, …``.
-
-    Parameters
-    ----------
-    iterations : int
-        Decoder phases; the schedule ends after the last (0: alternate until the budget ends).
-    half_steps, first_steps, encoder_steps : int
-        Phase lengths (``first_steps``/``encoder_steps`` 0: ``half_steps``).
-    freeze_encoder : int
-        Fit the encoder in this many phases only; the decoder phase after the last one then runs
-        until training stops (0: no freeze).
-
-    With ``encoder_steps = half_steps`` and no freeze this is
-    :class:`~sbdiff.methods._schedule.HalfBridgeSchedule` (same phases, same :class:`Phase` objects).
-    """
-
-    iterations: int
-    half_steps: int
-    first_steps: int = 0
-    encoder_steps: int = 0
-    freeze_encoder: int = 0
-
-    def __post_init__(self):
-        if (self.iterations < 0 or self.half_steps < 1 or self.first_steps < 0 or self.encoder_steps < 0
-                or self.freeze_encoder < 0):
-            raise SbdiffError(f"bad sbfbsde schedule: iterations {self.iterations} (>= 0), half_steps "
-                              f"{self.half_steps} (>= 1), first_steps, encoder_steps, freeze_encoder "
-                              f"({self.first_steps}, {self.encoder_steps}, {self.freeze_encoder}; >= 0)")
-
-    @property
-    def first(self) -> int:
-        return self.first_steps or self.half_steps
-
-    @property
-    def enc(self) -> int:
-        return self.encoder_steps or self.half_steps
-
-    @property
-    def encoder_phases(self) -> int | None:
-        """Number of encoder phases (``None``: unbounded)."""
-        counts = [n for n in ((self.iterations - 1) if self.iterations else None, self.freeze_encoder or None)
-                  if n is not None]
-        return min(counts) if counts else None
-
-    @property
-    def open_ended(self) -> bool:
-        """True when the last decoder phase runs until training stops (encoder frozen early)."""
-        n = self.encoder_phases
-        return bool(self.freeze_encoder) and n == self.freeze_encoder and (
-            not self.iterations or self.freeze_encoder < self.iterations - 1)
-
-    def total_steps(self) -> int | None:
-        """Steps of the whole schedule (``None``: no end of its own)."""
-        n = self.encoder_phases
-        if n is None or self.open_ended:
-            return None
-        return self.first + n * (self.enc + self.half_steps)
-
-    def phase(self, step: int) -> Phase:
-        """The phase of step ``step`` (0-based); past a finite schedule's end, its last decoder phase."""
-        n_enc = self.encoder_phases
-        last_end = None if (n_enc is None or self.open_ended) else self.first + n_enc * (self.enc + self.half_steps)
-        if step < self.first:
-            end = OPEN if (n_enc == 0 and self.open_ended) else self.first
-            return Phase(0, "decoder", 0, end)
-        pair = self.enc + self.half_steps
-        n, r = divmod(step - self.first, pair)
-        if n_enc is not None and n >= n_enc:  # past the last encoder phase: the last decoder phase
-            if n_enc == 0:
-                return Phase(0, "decoder", 0, OPEN if self.open_ended else self.first)
-            start = self.first + (n_enc - 1) * pair + self.enc
-            return Phase(n_enc, "decoder", start, OPEN if self.open_ended else last_end)
-        start = self.first + n * pair
-        if r < self.enc:
-            return Phase(n, "encoder", start, start + self.enc)
-        end = start + pair
-        if self.open_ended and n == n_enc - 1:
-            end = OPEN
-        return Phase(n + 1, "decoder", start + self.enc, end)
 
 
 def training_grid(reference, t_min: float, num_steps: int, kind: str) -> Tensor:
@@ -200,27 +114,24 @@ def training_grid(reference, t_min: float, num_steps: int, kind: str) -> Tensor:
     return time_grid(t_min, reference.T, num_steps, dtype=torch.float64)
 
 
-def _params(net: nn.Module) -> list[Tensor]:
-    """The trained weights of a network (its parameters; buffers such as the time embedding's
-    frequencies are constants, rebuilt, not saved, and must not be averaged)."""
-    return list(net.parameters())
-
-
 class _Cache:
     """Paths of the frozen network: ``xs`` and controls ``cs`` ``(K+1, M, d)``, on the training grid."""
 
-    def __init__(self, xs: Tensor, cs: Tensor, step: int, prior_loss: Tensor, cross_entropy: Tensor | None):
-        self.xs, self.cs, self.step = xs, cs, step
+    def __init__(self, xs: Tensor, cs: Tensor, prior_loss: Tensor, cross_entropy: Tensor | None):
+        self.xs, self.cs = xs, cs
         self.prior_loss, self.cross_entropy = prior_loss, cross_entropy
 
 
 @register("sbfbsde")
-class SBFBSDE(Method):
+class SBFBSDE(Alternating):
     """Neural encoder / divergence-form drift matching / alternating (or joint) schedule."""
 
     settings = SBFBSDEConfig
-    bridges = True
-    ddp_find_unused_parameters = True
+    # The weights a phase hands on are the trainer's EMA of the network (the freeze policy of the
+    # alternating base), so its horizon must be short against a phase of 2000 steps, as DSB's: with
+    # 0.999, 13 % of the weights before the phase would remain in it (the zero-initialised encoder's
+    # in the first encoder phase). Before issue 23 a bias-corrected average over the phase did this.
+    defaults = {"train.ema_decay": 0.99}
     # a DSM warm start of 6 steps, then an encoder phase and a decoder phase of 6 steps
     smoke = ("[sbfbsde]\nhalf_steps = 6\nnum_steps = 5\ncache_size = 16\ncache_refresh = 2\nhidden = 16\n"
              "blocks = 1\nlr_final = 1.0\n")
@@ -252,17 +163,13 @@ class SBFBSDE(Method):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        s = config.sbfbsde
-        self.schedule = SBFBSDESchedule(s.iterations, s.half_steps, s.first_steps, s.encoder_steps,
-                                        s.freeze_encoder) if s.schedule == "alternating" else None
-        self._phase: Phase | None = None
         self._step = 0
-        self._cache: _Cache | None = None
-        self._avg: list[Tensor] | None = None  # running (biased) average of the trained network's weights
-        self._avg_n = 0
-        self._frozen: list[Tensor] | None = None  # encoder weights kept by the EMA model in an encoder phase
         self._x: Tensor | None = None  # training data, model coordinates
-        self._prior_moments: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def schedule_of(cls, config: Config) -> PhaseSchedule | None:
+        """The alternating schedule's phases; ``None`` for ``schedule = "joint"``."""
+        return super().schedule_of(config) if config.sbfbsde.schedule == "alternating" else None
 
     # -- settings ---------------------------------------------------------------------------------
     @property
@@ -296,11 +203,6 @@ class SBFBSDE(Method):
         grid = training_grid(reference, cfg.model.t_min, cfg.sbfbsde.num_steps, self._grid_kind())
         model = self.assemble(encoder, decoder, data, prior, sde_grid=grid if self.bridge_mode else None)
         self._x = model.to_model(torch.as_tensor(data, dtype=torch.float32))
-        if prior is not None:
-            p = model.to_model(torch.as_tensor(prior, dtype=torch.float32)).double()
-            cov = torch.cov(p.T).reshape(dim, dim) if len(p) > 1 else torch.eye(dim, dtype=torch.float64)
-            cov = cov + 1e-9 * torch.eye(dim, dtype=torch.float64) * torch.diagonal(cov).mean().clamp_min(1e-12)
-            self._prior_moments = (p.mean(0), cov)
         return model
 
     def _grid_kind(self) -> str:
@@ -312,110 +214,19 @@ class SBFBSDE(Method):
         ts = training_grid(model.reference, model.t_min, self.config.sbfbsde.num_steps, self._grid_kind())
         return ts.to(dtype=model.data_mean.dtype, device=model.data_mean.device)
 
-    # -- schedule hooks -----------------------------------------------------------------------------
-    def max_steps(self) -> int | None:
-        return None if self.schedule is None else self.schedule.total_steps()
-
-    def lr_factor(self, step: int) -> float:
-        """Cosine decay from 1 to ``sbfbsde.lr_final`` over each phase (as DSB's half-bridges): the
-        divergence-form gradients are noisy, and a decaying rate averages the noise out before the
-        network is frozen for the next phase. The open-ended last decoder phase (after
-        ``freeze_encoder``) decays over ``half_steps`` and then stays at ``lr_final``; the joint
-        schedule keeps the full rate."""
-        if self.schedule is None:
-            return 1.0
-        phase = self.schedule.phase(step)
-        length = self.config.sbfbsde.half_steps if phase.end >= OPEN else phase.end - phase.start
-        frac = min(max((step - phase.start) / max(length, 1), 0.0), 1.0)
-        final = self.config.sbfbsde.lr_final
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    def checkpoint_due(self, step: int) -> bool:
-        """After the last step of every phase (a resume then starts from a completed half-bridge)."""
-        return self.schedule is not None and step > 0 and self.schedule.phase(step - 1).end == step
-
+    # -- schedule hooks ---------------------------------------------------------------------------
     def warm(self, phase: Phase) -> bool:
         """True for the DSM warm start (iteration 0's decoder phase with ``warm_start = "dsm"``)."""
         return self.config.sbfbsde.warm_start == "dsm" and phase.index == 0
 
-    @staticmethod
-    def _trained(model: PathVAE, phase: Phase) -> nn.Module:
-        return model.decoder.net if phase.role == "decoder" else model.encoder.net
+    def needs_cache(self, phase: Phase) -> bool:
+        return not self.warm(phase)
 
-    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+    def begin_step(self, model: PathVAE, step: int) -> None:
         self._step = step
-        if self.schedule is None:
-            return
-        phase = self.schedule.phase(step)
-        prev = self._phase
-        device = model.data_mean.device
-        for store in (self._avg, self._frozen):  # restored state comes back on the CPU
-            if store is not None and store and store[0].device != device:
-                store[:] = [a.to(device) for a in store]
-        if prev is not None and step > prev.start:
-            self._accumulate(self._trained(model, prev))  # the weights after step `step − 1`
-        if prev is None or prev.index != phase.index:
-            if prev is not None:
-                self._freeze(model, ema_model, prev)
-            self._enter(model, phase)
-        self._phase = phase
-        self._sync_ema(model, ema_model, phase)
-        if not self.warm(phase):
-            refresh = self.config.sbfbsde.cache_refresh
-            due = phase.start if not refresh else phase.start + (step - phase.start) // refresh * refresh
-            if self._cache is None or self._cache.step != due:
-                self._cache = self._simulate(model, phase, due)
-
-    def _accumulate(self, net: nn.Module) -> None:
-        decay = self.config.train.ema_decay
-        params = [p.detach() for p in _params(net)]
-        if self._avg is None:
-            self._avg = [torch.zeros_like(p) for p in params]
-        torch._foreach_lerp_(self._avg, params, 1.0 - decay)
-        self._avg_n += 1
-
-    def _average(self) -> list[Tensor] | None:
-        """The bias-corrected average of the trained network's weights over this phase so far."""
-        if self._avg is None or self._avg_n == 0:
-            return None
-        decay = self.config.train.ema_decay
-        corr = 1.0 - decay ** self._avg_n
-        return [a / corr for a in self._avg]
-
-    @torch.no_grad()
-    def _freeze(self, model: PathVAE, ema_model: PathVAE, phase: Phase) -> None:
-        """End of ``phase``: the trained network becomes its phase average (``freeze = "average"``)
-        or stays at its last weights (``"last"``), in the model and in the EMA model."""
-        net, ema_net = self._trained(model, phase), self._trained(ema_model, phase)
-        avg = self._average()
-        if self.config.sbfbsde.freeze == "average" and avg is not None:
-            for p, a in zip(_params(net), avg):
-                p.copy_(a)
-        for q, p in zip(_params(ema_net), _params(net)):
-            q.copy_(p)
-
-    def _enter(self, model: PathVAE, phase: Phase) -> None:
-        self._avg, self._avg_n = None, 0
-        self._cache = None
-        self._frozen = [p.detach().clone() for p in _params(model.encoder.net)] if phase.role == "encoder" else None
-
-    @torch.no_grad()
-    def _sync_ema(self, model: PathVAE, ema_model: PathVAE, phase: Phase) -> None:
-        """Decoder phase: the EMA decoder is the phase average so far. Encoder phase: the EMA encoder
-        stays the frozen one (the decoder was fitted to it) until the phase completes."""
-        ema_net = self._trained(ema_model, phase)
-        src = self._average() if phase.role == "decoder" else self._frozen
-        if src is None:
-            src = [p.detach() for p in _params(self._trained(model, phase))]
-        for q, a in zip(_params(ema_net), src):
-            q.copy_(a)
+        super().begin_step(model, step)
 
     # -- caches -------------------------------------------------------------------------------------
-    def _generator(self, step: int, device) -> torch.Generator:
-        from ..distributed import step_generator
-
-        return step_generator(self.config.seed, step, 1000, device)
-
     def _start_points(self, model: PathVAE, n: int, gen: torch.Generator) -> Tensor:
         """``n`` encoder start points at ``t_min``: data rows (dequantised) moved by the reference's
         transition from 0 to ``t_min`` (the law SGM's DSM fits at ``t_min``)."""
@@ -426,29 +237,23 @@ class SBFBSDE(Method):
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
         return mean + append_dims(std, x0.ndim) * noise
 
-    def _prior_kl(self, model: PathVAE, x_T: Tensor) -> Tensor:
-        if self._prior_moments is not None:
-            m, c = self._prior_moments
-            return gaussian_kl_estimate(x_T, m.to(x_T.device), c.to(x_T.device))
-        return gaussian_kl_estimate(x_T, prior_var=model.reference.prior_var())
-
     @torch.no_grad()
-    def _simulate(self, model: PathVAE, phase: Phase, step: int) -> _Cache:
-        """``cache_size`` paths of the frozen network, seeded by ``(seed, step)``."""
-        if self.bridge_mode and self._prior_moments is None:
+    def simulate(self, model: PathVAE, frozen, phase: Phase, generator: torch.Generator) -> _Cache:
+        """``cache_size`` paths of the ``frozen`` part: the encoder's from the data (decoder phases) or
+        the decoder's from the prior (encoder phases)."""
+        if self.bridge_mode and self.prior_moments is None:
             raise SbdiffError("sbfbsde in bridge mode needs the prior data set (data.prior) to train")
-        gen = self._generator(step, model.data_mean.device)
         M = self.config.sbfbsde.cache_size
         ts = self.grid(model)
         if phase.role == "decoder":  # fitting the decoder: paths of the encoder from the data
-            x = self._start_points(model, M, gen)
-            xs, cs = simulate_controlled(model.encoder, x, ts, generator=gen, exact_reference=True)
+            x = self._start_points(model, M, generator)
+            xs, cs = simulate_controlled(frozen, x, ts, generator=generator, exact_reference=True)
             x_T = xs[-1]
-            ce = None if self.bridge_mode else -model.encoder.prior_logp(x_T).mean()
-            return _Cache(xs, cs, step, self._prior_kl(model, x_T), ce)
-        x = model.sample_prior(M, generator=gen)  # fitting the encoder: paths of the decoder from the prior
-        xs, cs = simulate_controlled(model.decoder, x, ts.flip(0), generator=gen)
-        return _Cache(xs.flip(0), cs.flip(0), step, torch.zeros(()), None)
+            ce = None if self.bridge_mode else -frozen.prior_logp(x_T).mean()
+            return _Cache(xs, cs, self.prior_kl(model, x_T), ce)
+        x = model.sample_prior(M, generator=generator)  # fitting the encoder: paths of the decoder from the prior
+        xs, cs = simulate_controlled(frozen, x, ts.flip(0), generator=generator)
+        return _Cache(xs.flip(0), cs.flip(0), torch.zeros(()), None)
 
     # -- losses -------------------------------------------------------------------------------------
     def _weights(self, ts: Tensor) -> Tensor:
@@ -465,13 +270,12 @@ class SBFBSDE(Method):
             if s.warm_start == "dsm" and self._step < s.first_steps:  # joint: DSM steps before it
                 return self._dsm_losses(model, batch, generator)
             return self._joint_losses(model, batch, generator)
-        phase = self._phase if self._phase is not None else self.schedule.phase(self._step)
+        phase = self.phase if self.phase is not None else self.schedule.phase(self._step)
         tag = torch.tensor(float(phase.index), device=batch.device)
         if self.warm(phase):
             return {**self._dsm_losses(model, batch, generator), "phase": tag}
-        if self._cache is None:
-            raise SbdiffError("sbfbsde: no trajectory cache (begin_step was not called before losses)")
-        cache, ref = self._cache, model.reference
+        phase, cache = self._require_cache()
+        ref = model.reference
         ts = self.grid(model)
         K = len(ts) - 1
         B = batch.shape[0]
@@ -518,7 +322,7 @@ class SBFBSDE(Method):
         dm = dsm_loss(enc, model.decoder, batch, t, generator=generator).mean()
         with torch.no_grad():
             x_T, _, _ = enc.sample_transition(batch, 0.0, model.reference.T, generator=generator)
-            prior = self._prior_kl(model, x_T) if batch.shape[0] >= 3 else torch.zeros(())
+            prior = self.prior_kl(model, x_T) if batch.shape[0] >= 3 else torch.zeros(())  # no NaN in the losses
         return {"loss": dm, "drift_matching": dm, "prior_loss": prior.to(dm)}
 
     def _joint_losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -549,7 +353,7 @@ class SBFBSDE(Method):
         ce = -model.encoder.prior_logp(x)
         nelbo = (ce + path).mean()
         with torch.no_grad():
-            prior = self._prior_kl(model, x.detach())
+            prior = self.prior_kl(model, x.detach()) if x.shape[0] >= 3 else torch.zeros(())
         return {"loss": nelbo, "nelbo": nelbo.detach(), "drift_matching": path.mean().detach(),
                 "prior_loss": prior.to(nelbo), "objective": prior.to(nelbo) + path.mean().detach()}
 
@@ -565,29 +369,5 @@ class SBFBSDE(Method):
         x = mean + append_dims(std, x0.ndim) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
                                                             device=x0.device)
         xs, _ = simulate_controlled(model.encoder, x, self.grid(model), generator=generator, exact_reference=True)
-        return self._prior_kl(model, xs[-1])
+        return self.prior_kl(model, xs[-1])
 
-    def trainable(self, model: PathVAE) -> list[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
-
-    # -- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        if self.schedule is None or self._phase is None:
-            return {}
-        state = {"phase": [self._phase.iteration, self._phase.role, self._phase.start, self._phase.end],
-                 "avg_n": self._avg_n}
-        if self._avg is not None:
-            state["avg"] = [a.clone() for a in self._avg]
-        if self._frozen is not None:
-            state["frozen"] = [f.clone() for f in self._frozen]
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state or self.schedule is None:
-            return
-        it, role, start, end = state["phase"]
-        self._phase = Phase(int(it), str(role), int(start), int(end))
-        self._avg_n = int(state["avg_n"])
-        self._avg = [a for a in state["avg"]] if "avg" in state else None
-        self._frozen = [f for f in state["frozen"]] if "frozen" in state else None
-        self._cache = None  # re-simulated from its seed at the next begin_step

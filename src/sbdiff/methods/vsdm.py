@@ -32,9 +32,10 @@ linear encoder / DSM / alternating (DESIGN §2):
 
 The encoder's parameters are not optimised by the loop (``requires_grad = False``; excluded from
 :meth:`trainable` and from DDP's gradient reduction); the update evaluates ``G_t`` at leaf copies
-through ``torch.func.functional_call``. After each update the new encoder is copied into the EMA
-model, so the averaged decoder is always paired with the encoder the live decoder is training
-against. The step-size schedule is a function of the step number, so a resumed run repeats it.
+through ``torch.func.functional_call``. The trainer mirrors parameters it does not optimise into the
+EMA model after every step, so the averaged decoder is always paired with the encoder the live
+decoder is training against. The step-size schedule is a function of the step number, so a resumed
+run repeats it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from ..distributed import step_generator
 from ..decoders import ScoreDecoder
 from ..linear_encoder import LinearEncoder
 from ..model import PathVAE
-from ..objectives import gaussian_moment_kl
+from ..objectives import gaussian_kl_estimate
 from ..solvers import time_grid
 from .base import build_network, check_flat, register
 from .sgm import SGM
@@ -262,7 +263,7 @@ class VSDM(SGM):
         v = self.config.vsdm
         return v.sa_lr * n ** (-v.sa_decay)
 
-    def begin_step(self, model: PathVAE, ema_model: PathVAE, step: int) -> None:
+    def begin_step(self, model: PathVAE, step: int) -> None:
         n = self.update_index(step)
         if not n:
             return
@@ -295,9 +296,7 @@ class VSDM(SGM):
                 theta["log_d"] = _project(theta["log_d"], enc.family)
         with torch.no_grad():
             for k, p in enc.named_parameters():
-                p.copy_(theta[k])
-            for p_ema, p in zip(ema_model.encoder.parameters(), enc.parameters()):
-                p_ema.copy_(p)  # the averaged decoder is paired with the current encoder
+                p.copy_(theta[k])  # the trainer mirrors it into the EMA model (a parameter it does not optimise)
             lam = torch.sort(enc.spectrum()[1]).values
             eig = {f"d_eig_{i}": float(v) for i, v in enumerate(lam)} if lam.numel() <= LOGGED_EIGENVALUES else {}
             self._last = {**self._last, "sa_loss": loss0 + float(mom["zz"]) / 2, "sa_updates": float(n),
@@ -316,12 +315,13 @@ class VSDM(SGM):
     @torch.no_grad()
     def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
         """Gaussian-moment KL of the encoder's ``X_T`` (drawn in closed form from the batch) against the
-        prior ``N(0, Σ_T)``, computed after whitening by ``Σ_T`` (KL is invariant under the map)."""
+        prior ``N(0, Σ_T)``, computed after whitening by ``Σ_T`` (KL is invariant under the map), with the
+        estimator of every preset's monitor (:meth:`~sbdiff.methods.Method.prior_kl`)."""
         enc = model.encoder
         x_T, _, _ = enc.sample_transition(batch, 0.0, model.reference.T, generator=generator)
         U, lam = spec = enc.spectrum()
         _, v = enc.coeffs(0.0, model.reference.T, x_T[:1], spec)
-        return gaussian_moment_kl(enc.to_eig(x_T, U) / torch.sqrt(v), 1.0)
+        return gaussian_kl_estimate(enc.to_eig(x_T, U) / torch.sqrt(v), prior_var=1.0)
 
     def state_dict(self) -> dict:
         return {"last": dict(self._last)}

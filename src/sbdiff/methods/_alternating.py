@@ -1,0 +1,152 @@
+"""The alternating (IPF-type) base of the presets that fit an encoder and a decoder in turn (DSB,
+SB-FBSDE; DESIGN §2).
+
+:class:`Alternating` owns what those presets share: the phase schedule
+(:class:`~sbdiff.methods._schedule.PhaseSchedule`, read from the preset's section: ``iterations``,
+``half_steps``, ``first_steps`` and, where the section has them, ``encoder_steps`` and
+``freeze_encoder``), the per-phase cosine decay of the learning rate to ``lr_final``, a checkpoint at
+the end of every phase, the trajectory cache's lifecycle (``cache_refresh``), the freeze policy, the
+progress-bar field and the Gaussian fit of a prior data set. A subclass keeps only what differs: how
+the frozen side's paths are simulated (:meth:`Alternating.simulate`) and the loss of a phase
+(``losses``).
+
+The freeze policy (one for every preset, carried out by the trainer, :mod:`sbdiff.train`): in a
+decoder phase the encoder is frozen and vice versa (:meth:`Alternating.frozen`). The frozen network
+gets no gradient, so the optimiser keeps its weights and Adam state (a warm start when its turn comes
+again), and the trainer's EMA does not move its averaged weights. When the frozen set changes, the
+trainer hands the method a copy of the averaged model (:meth:`~sbdiff.methods.Method.set_frozen`): the
+frozen network's averaged weights at the end of its phase, from which the other network's training
+paths are simulated. Only the trainer writes the EMA.
+
+The cache of phase ``p`` is drawn at the steps ``due = p.start + j·cache_refresh`` (once per phase when
+``cache_refresh = 0``) from a generator seeded by ``(seed, due, CACHE_STREAM)``, so a resumed run (or
+another DDP rank) redraws it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..distributed import step_generator
+from ..model import PathVAE
+from ._schedule import OPEN, Phase, PhaseSchedule
+from .base import Method
+
+__all__ = ["Alternating", "CACHE_STREAM"]
+
+#: Stream of :func:`~sbdiff.distributed.step_generator` for the trajectory caches.
+CACHE_STREAM = 1000
+
+
+class Alternating(Method):
+    """Phases alternating decoder / encoder with trajectory caches of the frozen side (module docstring).
+
+    Subclasses implement :meth:`simulate` and ``losses`` (which read :attr:`phase` and :attr:`cache`),
+    and may override :meth:`needs_cache` (a phase trained without simulated paths) and
+    :meth:`schedule_of` (no schedule: a preset's non-alternating mode).
+    """
+
+    bridges = True
+    ddp_find_unused_parameters = True  # one network gets no gradient in each phase
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.schedule = self.schedule_of(config)
+        self.phase: Phase | None = None  # the phase of the current step
+        self.cache = None  # the frozen side's paths (what simulate returned)
+        self._cache_step: int | None = None
+        self._frozen_model: PathVAE | None = None
+
+    # -- the schedule ------------------------------------------------------------------------------
+    @classmethod
+    def schedule_of(cls, config: Config) -> PhaseSchedule | None:
+        """The phase schedule of the preset's section (``None``: no phases)."""
+        s = getattr(config, cls.name)
+        return PhaseSchedule(s.iterations, s.half_steps, s.first_steps, getattr(s, "encoder_steps", 0),
+                             getattr(s, "freeze_encoder", 0))
+
+    @classmethod
+    def schedule_ends(cls, config: Config) -> bool:
+        schedule = cls.schedule_of(config)
+        return schedule is not None and schedule.total_steps() is not None
+
+    def max_steps(self) -> int | None:
+        return None if self.schedule is None else self.schedule.total_steps()
+
+    def lr_factor(self, step: int) -> float:
+        """Cosine decay from 1 to ``lr_final`` over each phase: the regression targets are noisy, and a
+        decaying rate averages the noise out before the network is frozen for the next phase. An
+        open-ended last decoder phase (after ``freeze_encoder``) decays over ``half_steps`` and then
+        stays at ``lr_final``; without a schedule the rate stays at 1."""
+        if self.schedule is None:
+            return 1.0
+        s = getattr(self.config, self.name)
+        phase = self.schedule.phase(step)
+        length = s.half_steps if phase.end >= OPEN else phase.end - phase.start
+        frac = min(max((step - phase.start) / max(length, 1), 0.0), 1.0)
+        return s.lr_final + (1 - s.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def checkpoint_due(self, step: int) -> bool:
+        """After the last step of every phase (a resume then starts from a completed half-bridge)."""
+        return self.schedule is not None and step > 0 and self.schedule.phase(step - 1).end == step
+
+    def frozen(self, step: int) -> tuple[str, ...]:
+        if self.schedule is None:
+            return ()
+        return ("encoder.",) if self.schedule.phase(step).role == "decoder" else ("decoder.",)
+
+    def progress_info(self, step: int) -> dict[str, str]:
+        if self.schedule is None:
+            return {}
+        phase = self.schedule.phase(step)
+        total = f"/{self.schedule.iterations - 1}" if self.schedule.iterations else ""
+        return {"ipf": f"{phase.iteration}{total} {phase.role}"}
+
+    # -- the frozen side and its cache -------------------------------------------------------------
+    def set_frozen(self, frozen: PathVAE) -> None:
+        self._frozen_model = frozen
+
+    def frozen_part(self, model: PathVAE, phase: Phase):
+        """The frozen side of ``phase`` (the encoder when fitting the decoder, and vice versa) with the
+        weights the freeze policy hands on: the averaged weights at the end of its phase (the copy
+        from :meth:`set_frozen`; the live ``model`` before the trainer has handed one), or its last
+        weights when the section says ``freeze = "last"``."""
+        last = getattr(getattr(self.config, self.name), "freeze", "average") == "last"
+        source = model if last or self._frozen_model is None else self._frozen_model
+        return source.encoder if phase.role == "decoder" else source.decoder
+
+    def needs_cache(self, phase: Phase) -> bool:
+        """True when ``phase`` trains on simulated paths of the frozen side."""
+        return True
+
+    def simulate(self, model: PathVAE, frozen, phase: Phase, generator: torch.Generator):
+        """The cache of ``phase``: paths of the ``frozen`` part (an encoder or decoder) drawn with
+        ``generator``; returned object is kept as :attr:`cache` until the next refresh."""
+        raise NotImplementedError
+
+    def begin_step(self, model: PathVAE, step: int) -> None:
+        """Track the phase of ``step`` and refresh the cache when one is due."""
+        if self.schedule is None:
+            return
+        phase = self.phase = self.schedule.phase(step)
+        if not self.needs_cache(phase):
+            return
+        refresh = getattr(self.config, self.name).cache_refresh
+        due = phase.start + (step - phase.start) // refresh * refresh if refresh else phase.start
+        if self.cache is None or self._cache_step != due:
+            gen = step_generator(self.config.seed, due, CACHE_STREAM, model.data_mean.device)
+            self.cache = self.simulate(model, self.frozen_part(model, phase), phase, gen)
+            self._cache_step = due
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resume redraws the cache from its seed at the next :meth:`begin_step`."""
+        self.phase = self.cache = self._cache_step = None
+
+    def _require_cache(self) -> tuple[Phase, object]:
+        if self.phase is None or self.cache is None:
+            raise RuntimeError(f"{self.name}: losses called before begin_step (the training loop draws the cache)")
+        return self.phase, self.cache
