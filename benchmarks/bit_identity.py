@@ -59,6 +59,8 @@ RUNS = {
     "sbfbsde": ("sbfbsde", "moons", "gaussian", 200,
                 "[sbfbsde]\nhalf_steps = 40\nnum_steps = 8\ncache_size = 256\ncache_refresh = 20\n"
                 "hidden = 32\nblocks = 1\n"),
+    "sbfbsde-joint": ("sbfbsde", "moons", "gaussian", 60,
+                      '[sbfbsde]\nschedule = "joint"\nfirst_steps = 20\nnum_steps = 6\nhidden = 32\nblocks = 1\n'),
     "sbfbsde-bridge": ("sbfbsde", "moons", "8gaussians", 200,
                        '[reference]\nkind = "brownian"\neps = 0.5\n'
                        "[sbfbsde]\nhalf_steps = 40\nnum_steps = 8\ncache_size = 256\ncache_refresh = 20\n"

@@ -68,3 +68,26 @@ def test_unet_bad_settings():
         UNet((1, 6, 6), channel_mult=(1, 2, 2))
     with pytest.raises(SbdiffError, match="invalid settings"):
         UNet((1, 8, 8), channels=0)
+
+
+def test_debiased_ema_is_the_mean_weighted_over_the_phase_only():
+    """``train.ema_restart``: updates with ``debiased_decay`` give ``Σ (1−d) d^(n−i) w_i / (1 − d^n)``
+    over the weights since the restart, whatever the average held before; frozen names are kept."""
+    from sbdiff.nets import debiased_decay, make_ema, update_ema
+
+    net = torch.nn.Linear(3, 2)
+    ema = make_ema(net, 0.9)
+    with torch.no_grad():
+        ema.module.weight.fill_(100.0)  # an old average: forgotten at the restart
+    ws, d = [], 0.9
+    for n in range(1, 6):
+        with torch.no_grad():
+            net.weight.normal_()
+            net.bias.normal_()
+        ws.append(net.weight.detach().clone())
+        bias_before = ema.module.bias.detach().clone()
+        update_ema(ema, net, ("bias",), decay=debiased_decay(d, n))
+        assert torch.equal(ema.module.bias, bias_before)  # frozen prefix untouched
+    expected = sum((1 - d) * d ** (5 - i) * w for i, w in enumerate(ws, 1)) / (1 - d ** 5)
+    torch.testing.assert_close(ema.module.weight, expected)
+    assert debiased_decay(d, 1) == 0.0

@@ -365,8 +365,8 @@ def test_loop_state_is_the_checkpoint_meta(files, monkeypatch, tmp_path):
     monkeypatch.setattr(train, "write_checkpoint", recording)
     fit(_with(_config(files), steps=30), tmp_path / "r", progress=False)
     meta = metas[0]  # step 20: mid log window (rows at 15 and 30)
-    assert set(meta) == {"step", "elapsed_s", "last", "log_sums", "log_count", "skipped", "streak", "method",
-                         "data_sha256", "config", "torch"}
+    assert set(meta) == {"step", "elapsed_s", "last", "log_sums", "log_count", "skipped", "streak", "phase_updates",
+                         "method", "data_sha256", "config", "torch"}
     assert set(ck.read_checkpoint(tmp_path / "r" / ck.CHECKPOINT_FILE)[2]) == set(meta) | {"format"}
     state = LoopState.from_meta(meta)
     assert state.step == 20 and state.log_count == 5 and state.last["step"] == 15
@@ -376,3 +376,5 @@ def test_loop_state_is_the_checkpoint_meta(files, monkeypatch, tmp_path):
     assert again["elapsed_s"] >= meta["elapsed_s"]
     old = {**meta, "log_sums": {"loss": 2.5}}  # older checkpoints: bare sums over log_count steps
     assert LoopState.from_meta(old).log_sums == {"loss": (2.5, 5)}
+    del old["phase_updates"]  # checkpoints before train.ema_restart
+    assert LoopState.from_meta(old).phase_updates == 0

@@ -52,6 +52,7 @@ shards = 1              # the global batch is computed as this many equal shards
 world_size = 1          # recorded by the trainer: processes that trained the run (torchrun)
 precision = "fp32"      # fp32 | bf16 (autocast of the losses' forward pass; for GPUs)
 compile = false         # torch.compile the networks (needs a C++ compiler on CPU)
+ema_restart = false     # presets with phases (a frozen network): the EMA of the network starting a phase restarts (a bias-corrected average over the phase)
 
 [sample]
 nfe = 500
@@ -171,6 +172,7 @@ class TrainConfig(Section):
     world_size: int = 1
     precision: str = "fp32"
     compile: bool = False
+    ema_restart: bool = False
 
 
 @dataclass

@@ -256,10 +256,21 @@ def make_ema(module: nn.Module, decay: float) -> AveragedModel:
 
 
 @torch.no_grad()
-def update_ema(ema: AveragedModel, module: nn.Module, frozen: tuple[str, ...] = ()) -> None:
+def update_ema(ema: AveragedModel, module: nn.Module, frozen: tuple[str, ...] = (), *,
+               decay: float | None = None) -> None:
     """One EMA update of ``ema`` towards ``module``, leaving the entries whose state-dict names start
     with a prefix in ``frozen`` as they are (a network frozen by an alternating schedule keeps its
-    averaged weights: they are the snapshot the other network trains against)."""
+    averaged weights: they are the snapshot the other network trains against).
+
+    ``decay``: this update's decay instead of the EMA's own (``ema ← decay·ema + (1 − decay)·module``
+    on every parameter and floating buffer outside ``frozen``; 0 copies), for an average restarted at
+    a phase (:func:`debiased_decay`)."""
+    if decay is not None:
+        for (name, q), (_, p) in zip(_averaged(ema.module), _averaged(module)):
+            if not name.startswith(frozen):
+                q.copy_(p) if decay == 0 or not q.is_floating_point() else q.lerp_(p, 1.0 - decay)
+        ema.n_averaged += 1
+        return
     if not frozen:
         ema.update_parameters(module)
         return
@@ -268,3 +279,18 @@ def update_ema(ema: AveragedModel, module: nn.Module, frozen: tuple[str, ...] = 
     ema.update_parameters(module)
     for k, v in kept.items():
         state[k].copy_(v)
+
+
+def _averaged(module: nn.Module):
+    """``(name, tensor)`` of the parameters, then the buffers, in ``AveragedModel``'s order."""
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def debiased_decay(decay: float, n: int) -> float:
+    """The decay of update ``n >= 1`` of an exponential average restarted ``n − 1`` updates ago and
+    corrected for its start (Adam's bias correction): with ``β_n = decay·(1 − decay^(n−1)) / (1 −
+    decay^n)`` the average after ``n`` updates is ``Σ_i (1 − decay)·decay^(n−i)·w_i / (1 − decay^n)``,
+    a weighted mean of the ``n`` weights since the restart only (``β_1 = 0``: a copy)."""
+    return decay * (1.0 - decay ** (n - 1)) / (1.0 - decay ** n)
+

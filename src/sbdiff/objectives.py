@@ -14,6 +14,7 @@ from torch import Tensor
 from ._utils import SbdiffError, append_dims, as_time, divergence
 from .decoders import Decoder
 from .encoders import Encoder
+from .solvers import sdeint, time_grid
 
 __all__ = ["dsm_loss", "gaussian_moment_kl", "path_elbo", "importance_times", "divergence_matching",
            "gaussian_kl_estimate", "simulate_controlled", "simulated_path_elbo"]
@@ -257,7 +258,7 @@ def simulate_controlled(sde, x: Tensor, ts: Tensor, *, generator: torch.Generato
     control at every grid point, noise on every step (the last included: ``xs[-1]`` is a draw of the
     terminal law, not a mean).
 
-    One step from ``t_k`` to ``t_{k+1}`` (``Δ`` negative for a decoder): ``x ← x + drift(x, t_k) Δ +
+    Drawn by :func:`sbdiff.solvers.sdeint`. One step from ``t_k`` to ``t_{k+1}`` (``Δ`` negative for a decoder): ``x ← x + drift(x, t_k) Δ +
     g(t_k) √|Δ| ξ``. With ``exact_reference`` (forward grids only) the reference part is integrated
     exactly and only the control by Euler (an exponential integrator): ``x ← a x + a g z Δ + √v ξ`` with
     ``a = a(t_k, t_{k+1})``, ``v = v(t_k, t_{k+1})`` the reference's transition (exact for ``z = 0``).
@@ -281,22 +282,22 @@ def simulate_controlled(sde, x: Tensor, ts: Tensor, *, generator: torch.Generato
     K = len(ts) - 1
     xs = torch.empty((K + 1,) + tuple(x.shape), dtype=x.dtype, device=x.device)
     cs = torch.empty_like(xs)
-    for k in range(K + 1):
-        t = ts[k].to(x.dtype).expand(x.shape[0])
-        c = sde.control(x, t)
-        xs[k], cs[k] = x, c
-        if k == K:
-            break
-        t1 = ts[k + 1].to(x.dtype).expand(x.shape[0])
-        dt = float(ts[k + 1] - ts[k])
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        g = append_dims(ref.g(t), x.ndim)
+
+    def record(k: int, y: Tensor, tk: Tensor) -> None:
+        xs[k], cs[k] = y, sde.control(y, tk.to(y.dtype).expand(y.shape[0]))
+
+    def step(k: int, y: Tensor, t0: Tensor, t1: Tensor, noise: Tensor) -> Tensor:
+        t = t0.to(y.dtype).expand(y.shape[0])
+        dt = float(t1 - t0)
+        g, c = append_dims(ref.g(t), y.ndim), cs[k]
         if exact_reference:
-            a = append_dims(torch.exp(ref.log_mean_coeff(t, t1)), x.ndim)
-            std = append_dims(torch.sqrt(ref.transition_var(t, t1)), x.ndim)
-            x = a * (x + sde.sign * g * c * dt) + std * noise
-        else:
-            x = x + (ref.f(x, t) + sde.sign * g * c) * dt + g * abs(dt) ** 0.5 * noise
+            tt = t1.to(y.dtype).expand(y.shape[0])
+            a = append_dims(torch.exp(ref.log_mean_coeff(t, tt)), y.ndim)
+            std = append_dims(torch.sqrt(ref.transition_var(t, tt)), y.ndim)
+            return a * (y + sde.sign * g * c * dt) + std * noise
+        return y + (ref.f(y, t) + sde.sign * g * c) * dt + g * abs(dt) ** 0.5 * noise
+
+    sdeint(step, x, ts, generator=generator, observe=record)
     return xs, cs
 
 
@@ -335,7 +336,6 @@ def simulated_path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tens
     Tensor, shape (B,)
         ELBO (nats per sample, model coordinates), detached.
     """
-    from .solvers import time_grid
 
     if n_time < 1 or n_steps < 1 or n_paths < 1:
         raise SbdiffError(f"simulated_path_elbo needs n_time, n_steps, n_paths >= 1, got {n_time}, {n_steps}, {n_paths}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._utils import SbdiffError, append_dims, divergence
 
-__all__ = ["time_grid", "euler_maruyama", "ode_fixed", "ode_adaptive", "ode_log_det"]
+__all__ = ["time_grid", "make_grid", "sdeint", "euler_maruyama", "ode_fixed", "ode_adaptive", "ode_log_det"]
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -46,6 +47,95 @@ def _bt(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.dtype).expand(x.shape[0])
 
 
+def make_grid(kind: str, t_start: float, t_end: float, steps: int, *, gamma_ratio: float = 0.1) -> Tensor:
+    """The family of training grids, float64, ``steps + 1`` times from ``t_start`` to ``t_end > t_start``.
+
+    ``uniform``: equal steps (``torch.linspace``). ``quadratic``: dense near ``t_start`` (the data
+    side), :func:`time_grid` with ``power = 2``. ``symmetric``: step sizes rising linearly from
+    ``γ_min`` to ``γ_max = γ_min/gamma_ratio`` over the first half and falling back over the second
+    (De Bortoli et al. 2021 §5, their ``gamma_space = linspace``), scaled so that ``Σγ = t_end −
+    t_start``: small steps at both ends (fewer than 3 steps, or ``gamma_ratio = 1``: equal steps).
+    """
+    if int(steps) < 1:
+        raise SbdiffError(f"a grid needs at least 1 step, got {steps}")
+    if kind == "uniform":
+        return torch.linspace(t_start, t_end, int(steps) + 1, dtype=torch.float64)
+    if kind == "quadratic":
+        return time_grid(t_start, t_end, steps, dtype=torch.float64)
+    if kind != "symmetric":
+        raise SbdiffError(f"unknown grid '{kind}'; choose uniform, quadratic or symmetric")
+    if steps < 3:
+        gammas = np.full(steps, 1.0)
+    else:
+        half = np.linspace(gamma_ratio, 1.0, (steps + 1) // 2)
+        gammas = np.concatenate([half, half[: steps // 2][::-1]])
+    gammas = gammas / gammas.sum() * (t_end - t_start)
+    grid = np.concatenate([[t_start], t_start + np.cumsum(gammas)])
+    grid[-1] = t_end
+    return torch.as_tensor(grid, dtype=torch.float64)
+
+
+Step = Callable[[int, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def sdeint(step: Step, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None, noise_last: bool = True,
+           observe: Callable[[int, Tensor, Tensor], None] | None = None, trajectory: bool = False,
+           progress: bool = False) -> Tensor:
+    """The one path simulator: every SDE path of the library (samplers, training caches, the
+    encoder updates and the joint loss) is drawn by this loop.
+
+    At each grid point ``k = 0, …, K`` it calls ``observe(k, x, ts[k])`` (record the state, a control,
+    moments; optional), then, for ``k < K``, draws ``ξ_k ~ N(0, I)`` of ``x``'s shape from ``generator``
+    (``None`` for the last step unless ``noise_last``) and takes the scheme's step
+    ``x ← step(k, x, ts[k], ts[k+1], ξ_k)``. The scheme decides the integrator (Euler–Maruyama,
+    :func:`euler_maruyama_step`; an exponential integrator; stochastic Heun; a chain's kernel); the
+    loop owns the order of the random numbers, so every scheme draws one normal vector per step,
+    after ``observe`` at the step's start.
+
+    Parameters
+    ----------
+    step : ``(k, x, t0, t1, noise) -> x`` with ``t0, t1`` the 0-d grid entries (either direction).
+    x : Tensor, shape (B, ...)
+        State at ``ts[0]``.
+    ts : Tensor, shape (K+1,)
+    trajectory : bool
+        Return the whole path, shape ``(K+1, B, ...)``, both endpoints included.
+
+    Returns
+    -------
+    Tensor, shape (B, ...) or (K+1, B, ...)
+    """
+    path = [x] if trajectory else None
+    steps = len(ts) - 1
+    for k in tqdm(range(steps + 1), desc="sde", disable=None if progress else True, leave=False):
+        if observe is not None:
+            observe(k, x, ts[k])
+        if k == steps:
+            break
+        noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                 if k < steps - 1 or noise_last else None)
+        x = step(k, x, ts[k], ts[k + 1], noise)
+        if trajectory:
+            path.append(x)
+    return torch.stack(path) if trajectory else x
+
+
+def euler_maruyama_step(drift: Field, diffusion: Callable[[Tensor], Tensor], noise_at: str = "start") -> Step:
+    """The Euler–Maruyama scheme for :func:`sdeint`: ``x ← x + drift(x, t_k)·Δ + g(s)·√|Δ|·ξ`` with
+    ``Δ = t_{k+1} − t_k`` and ``s`` as in :func:`euler_maruyama`; no noise when ``ξ`` is ``None``."""
+
+    def step(k: int, x: Tensor, t0: Tensor, t1: Tensor, noise: Tensor | None) -> Tensor:
+        t = _bt(t0, x)
+        dt = (t1 - t0).item()
+        x = x + drift(x, t) * dt
+        if noise is not None:
+            s = t if noise_at == "start" or dt > 0 else _bt(t1, x)
+            x = x + append_dims(diffusion(s), x.ndim) * abs(dt) ** 0.5 * noise
+        return x
+
+    return step
+
+
 def euler_maruyama(
     drift: Field,
     diffusion: Callable[[Tensor], Tensor],
@@ -58,7 +148,8 @@ def euler_maruyama(
     trajectory: bool = False,
     progress: bool = False,
 ) -> Tensor:
-    """Euler–Maruyama for ``dX = drift(X, t) dt + g(t) dW`` along the grid ``ts``.
+    """Euler–Maruyama for ``dX = drift(X, t) dt + g(t) dW`` along the grid ``ts`` (:func:`sdeint` with
+    :func:`euler_maruyama_step`).
 
     One step: ``x ← x + drift(x, t_k)·Δ + g(s)·√|Δ|·ξ`` with ``Δ = t_{k+1} − t_k`` (negative for a
     backward SDE read in forward time, Anderson 1982) and ``s = t_k`` (``noise_at = "start"``) or
@@ -78,19 +169,8 @@ def euler_maruyama(
     -------
     Tensor, shape (B, ...) or (K+1, B, ...)
     """
-    path = [x] if trajectory else None
-    steps = len(ts) - 1
-    for k in tqdm(range(steps), desc="sde", disable=None if progress else True, leave=False):
-        t = _bt(ts[k], x)
-        dt = (ts[k + 1] - ts[k]).item()
-        x = x + drift(x, t) * dt
-        if k < steps - 1 or noise_last:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            s = t if noise_at == "start" or dt > 0 else _bt(ts[k + 1], x)
-            x = x + append_dims(diffusion(s), x.ndim) * abs(dt) ** 0.5 * noise
-        if trajectory:
-            path.append(x)
-    return torch.stack(path) if trajectory else x
+    return sdeint(euler_maruyama_step(drift, diffusion, noise_at), x, ts, generator=generator,
+                  noise_last=noise_last, trajectory=trajectory, progress=progress)
 
 
 def ode_fixed(velocity: Field, x: Tensor, ts: Tensor, *, method: str = "heun",

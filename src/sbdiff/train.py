@@ -89,7 +89,7 @@ from .config import Config, dumps_config, load_config, save_config
 from .data import load_data
 from .methods import Method, make_method
 from .model import PathVAE
-from .nets import make_ema, update_ema
+from .nets import debiased_decay, make_ema, update_ema
 
 __all__ = ["fit", "resume_run", "load_run", "resolve_device", "TrainResult", "TrainingInterrupted", "LoopState",
            "config_changes", "FREE_KEYS", "BATCH_STREAM", "LOSS_STREAM", "PRIOR_LOSS_STREAM"]
@@ -330,6 +330,9 @@ class LoopState:
         Steps skipped for a non-finite loss or gradient, over the whole run.
     streak : int
         Non-finite steps in a row up to the last step.
+    phase_updates : int
+        EMA updates since the frozen set last changed (``train.ema_restart``: the restarted average's
+        count).
     started : float
         ``time.monotonic()`` when this session's training began (not saved).
     """
@@ -341,6 +344,7 @@ class LoopState:
     log_count: int = 0
     skipped: int = 0
     streak: int = 0
+    phase_updates: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -350,7 +354,8 @@ class LoopState:
     def to_meta(self) -> dict:
         """The checkpoint metadata of this state (``elapsed_s``: the whole run's seconds up to now)."""
         return {"step": self.step, "elapsed_s": self.elapsed(), "last": self.last, "log_sums": self.log_sums,
-                "log_count": self.log_count, "skipped": self.skipped, "streak": self.streak}
+                "log_count": self.log_count, "skipped": self.skipped, "streak": self.streak,
+                "phase_updates": self.phase_updates}
 
     @classmethod
     def from_meta(cls, meta: dict) -> LoopState:
@@ -362,7 +367,8 @@ class LoopState:
         count = meta["log_count"]
         sums = {k: tuple(v) if isinstance(v, list) else (v, count) for k, v in meta["log_sums"].items()}
         return cls(step=meta["step"], elapsed_s=meta["elapsed_s"], last=meta["last"], log_sums=sums,
-                   log_count=count, skipped=meta["skipped"], streak=meta["streak"])
+                   log_count=count, skipped=meta["skipped"], streak=meta["streak"],
+                   phase_updates=meta.get("phase_updates", 0))
 
 
 @dataclass
@@ -567,6 +573,20 @@ def _freeze_policy(s: _Session, step: int) -> None:
     s.frozen = frozen
 
 
+def _update_ema(s: _Session, state: LoopState, step: int) -> None:
+    """The EMA update after good step ``step``: every parameter but the frozen prefixes of that step
+    (with ``train.ema_restart``, as a bias-corrected average restarted whenever the frozen set
+    changes), then the parameters the optimiser does not update mirrored."""
+    frozen = s.method.frozen(step)
+    if step > 0 and frozen != s.method.frozen(step - 1):
+        state.phase_updates = 0
+    state.phase_updates += 1
+    restart = s.config.train.ema_restart and frozen  # a preset without phases keeps the plain EMA
+    decay = debiased_decay(s.config.train.ema_decay, state.phase_updates) if restart else None
+    update_ema(s.ema, s.model, frozen, decay=decay)
+    _mirror_untrained(s)
+
+
 @torch.no_grad()
 def _mirror_untrained(s: _Session) -> None:
     """Copy the parameters the optimiser does not update (a method's own updates in ``begin_step``,
@@ -623,8 +643,7 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     if bad is None:
         s.opt.step()
         s.sched.step()
-        update_ema(s.ema, s.model, s.method.frozen(step - 1))
-        _mirror_untrained(s)
+        _update_ema(s, state, step - 1)
         state.streak = 0
         state.log_count += 1
         for k, v in zip(names, values.tolist()):  # per key: a method's keys may change

@@ -55,6 +55,7 @@ from ..config import Config, Section
 from ..decoders import NeuralDecoder
 from ..encoders import NeuralEncoder
 from ..model import PathVAE
+from ..solvers import make_grid, sdeint
 from ._alternating import Alternating
 from ._schedule import Phase
 from .base import build_network, check_flat, register
@@ -78,26 +79,17 @@ class DSBConfig(Section):
 
 
 def dsb_grid(T: float, num_steps: int, schedule: str = "symmetric", gamma_ratio: float = 0.1) -> Tensor:
-    """Time grid ``(N+1,)`` float64 from 0 to ``T``.
+    """Time grid ``(N+1,)`` float64 from 0 to ``T`` (:func:`sbdiff.solvers.make_grid`).
 
     ``symmetric``: step sizes rise linearly from ``γ_min`` to ``γ_max = γ_min/gamma_ratio`` over the
-    first half and fall back over the second (De Bortoli et al. 2021 §5; their ``gamma_space =
-    linspace``), scaled so that ``Σγ = T``: small steps at the data side, where the score is
-    sharpest, and at the prior side. ``uniform``: ``γ = T/N``.
+    first half and fall back over the second (De Bortoli et al. 2021 §5), so small steps at the data
+    side, where the score is sharpest, and at the prior side. ``uniform``: ``γ = T/N``.
     """
     if num_steps < 1:
         raise SbdiffError(f"dsb.num_steps must be at least 1, got {num_steps}")
-    if schedule == "uniform" or num_steps < 3:
-        gammas = np.full(num_steps, 1.0)
-    elif schedule == "symmetric":
-        half = np.linspace(gamma_ratio, 1.0, (num_steps + 1) // 2)
-        gammas = np.concatenate([half, half[: num_steps // 2][::-1]])
-    else:
+    if schedule not in ("symmetric", "uniform"):
         raise SbdiffError(f"dsb.schedule must be symmetric or uniform, got '{schedule}'")
-    gammas = gammas / gammas.sum() * T
-    grid = np.concatenate([[0.0], np.cumsum(gammas)])
-    grid[-1] = T
-    return torch.as_tensor(grid, dtype=torch.float64)
+    return make_grid("symmetric", 0.0, T, num_steps, gamma_ratio=gamma_ratio if schedule == "symmetric" else 1.0)
 
 
 @register("dsb")
@@ -172,7 +164,9 @@ class DSB(Alternating):
         return x + drift * gamma if forward else x - drift * gamma
 
     def _chain(self, model: PathVAE, net, x: Tensor, ts: Tensor, gen, forward: bool) -> tuple[Tensor, Tensor]:
-        """Chains of the frozen network and the mean-matching offsets.
+        """Chains of the frozen network and the mean-matching offsets (:func:`sbdiff.solvers.sdeint`
+        with the chain's kernel as the scheme: ``X_k = F_k(X_{k−1}) + σ_k ξ`` forward, ``X_{k−1} =
+        B_k(X_k) + σ_k ξ`` backward, ``σ_k = √γ_k g(t_{k−1})``).
 
         Forward (encoder from data): ``xs[k] = X_k`` for ``k = 0..N``, ``outs[k−1] = F_k(X_{k−1}) − F_k(X_k)``.
         Backward (decoder from the prior): ``xs[k] = X_k`` likewise, ``outs[k−1] = B_k(X_k) − B_k(X_{k−1})``.
@@ -182,17 +176,21 @@ class DSB(Alternating):
         n = x.shape[0]
         xs = torch.empty((N + 1, *x.shape), dtype=x.dtype, device=x.device)
         outs = torch.empty((N, *x.shape), dtype=x.dtype, device=x.device)
-        ks = range(1, N + 1) if forward else range(N, 0, -1)
-        xs[0 if forward else N] = x
-        for k in ks:
-            t = ts[k - 1] if forward else ts[k]
-            tb = t.to(x.dtype).expand(n)
-            gamma = float(ts[k] - ts[k - 1])
-            sigma = math.sqrt(gamma) * float(model.reference.g(ts[k - 1].reshape(1).double()))  # both directions
-            mean_old = self._step_mean(model, net, x, tb, gamma, forward)
-            x = mean_old + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-            outs[k - 1] = mean_old - self._step_mean(model, net, x, tb, gamma, forward)
-            xs[k if forward else k - 1] = x
+
+        def record(j: int, y: Tensor, t: Tensor) -> None:
+            xs[j if forward else N - j] = y
+
+        def kernel(j: int, y: Tensor, t0: Tensor, t1: Tensor, noise: Tensor) -> Tensor:
+            tb = t0.to(y.dtype).expand(n)
+            gamma = float(abs(t1 - t0))
+            lower = t0 if forward else t1  # t_{k−1}: both directions use the forward step's noise
+            sigma = math.sqrt(gamma) * float(model.reference.g(lower.reshape(1).double()))
+            mean_old = self._step_mean(model, net, y, tb, gamma, forward)
+            y = mean_old + sigma * noise
+            outs[j if forward else N - 1 - j] = mean_old - self._step_mean(model, net, y, tb, gamma, forward)
+            return y
+
+        sdeint(kernel, x, ts if forward else ts.flip(0), generator=gen, observe=record)
         return xs, outs
 
     # -- losses ----------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from ..decoders import ScoreDecoder
 from ..linear_encoder import LinearEncoder
 from ..model import PathVAE
 from ..objectives import gaussian_kl_estimate
-from ..solvers import time_grid
+from ..solvers import sdeint, time_grid
 from .base import build_network, check_flat, register
 from .sgm import SGM
 
@@ -130,32 +130,36 @@ def path_moments(model: PathVAE, n_paths: int, n_steps: int, generator: torch.Ge
     device, dtype = model.data_mean.device, model.data_mean.dtype
     x = ref.prior_sampling((n_paths, model.dim), generator=generator, dtype=dtype, device=device)
     ts = time_grid(ref.T, model.t_min, n_steps, power=1.0, dtype=dtype, device=device)
-    xx, zx, zz = [], [], x.new_zeros(())
+    xx, zx, acc = [], [], {"zz": x.new_zeros(())}
 
     def drift(y, t):
         zhat = dec.control(y, t)
         f, g = ref.sde(y, t)
         return f - append_dims(g, y.ndim) * zhat, zhat
 
-    for k in range(n_steps):
-        t = ts[k].expand(n_paths)
-        h = ts[k + 1] - ts[k]  # negative: backward in time
-        b, zhat = drift(x, t)
+    def record(k: int, y: Tensor, tk: Tensor) -> None:  # the moments at t_k (and the drift the step uses)
+        t = tk.expand(n_paths)
+        b, zhat = drift(y, t)
         if diagonal:
-            xx.append((x * x).mean(0))
-            zx.append((zhat * x).mean(0))
+            xx.append((y * y).mean(0))
+            zx.append((zhat * y).mean(0))
         else:
-            xx.append(x.T @ x / n_paths)
-            zx.append(zhat.T @ x / n_paths)
-        zz = zz + (-h) * zhat.pow(2).sum(1).mean()
-        if k == n_steps - 1:
-            break  # x at t_min is not used
-        t1 = ts[k + 1].expand(n_paths)
-        dw = torch.sqrt(-h) * torch.randn(x.shape, generator=generator, dtype=dtype, device=device)
-        g0, g1 = ref.g(t[:1]), ref.g(t1[:1])
-        x_pred = x + b * h + g0 * dw
-        b1, _ = drift(x_pred, t1)
-        x = x + 0.5 * (b + b1) * h + 0.5 * (g0 + g1) * dw
+            xx.append(y.T @ y / n_paths)
+            zx.append(zhat.T @ y / n_paths)
+        acc["zz"] = acc["zz"] + (-(ts[k + 1] - ts[k])) * zhat.pow(2).sum(1).mean()
+        acc["b"] = b
+
+    def heun(k: int, y: Tensor, t0: Tensor, t1: Tensor, noise: Tensor) -> Tensor:  # stochastic Heun, backward
+        t, tt = t0.expand(n_paths), t1.expand(n_paths)
+        h = t1 - t0  # negative: backward in time
+        dw = torch.sqrt(-h) * noise
+        g0, g1 = ref.g(t[:1]), ref.g(tt[:1])
+        b = acc["b"]
+        b1, _ = drift(y + b * h + g0 * dw, tt)
+        return y + 0.5 * (b + b1) * h + 0.5 * (g0 + g1) * dw
+
+    sdeint(heun, x, ts[:-1], generator=generator, observe=record)  # the last point, t_min, is not used
+    zz = acc["zz"]
     return {"t": ts[:-1], "w": (ts[:-1] - ts[1:]), "xx": torch.stack(xx), "zx": torch.stack(zx), "zz": zz}
 
 
