@@ -227,6 +227,9 @@ def test_one_freeze_policy_and_only_the_trainer_writes_the_ema(tmp_path, monkeyp
             if prefixes:
                 handed = seen["handed"].state_dict()
                 assert all(torch.equal(handed[k], current[k]) for k in current if k.startswith(prefixes))
+                if s.config.train.phase_average:  # the frozen network took its phase average
+                    live = model.state_dict()
+                    assert all(torch.equal(live[k], current[k]) for k in current if k.startswith(prefixes))
                 seen["checks"] += 1
         seen["frozen"] = s.frozen if s is not None and s.frozen else ()
         return losses(self, model, batch, generator)

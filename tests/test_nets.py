@@ -71,7 +71,7 @@ def test_unet_bad_settings():
 
 
 def test_debiased_ema_is_the_mean_weighted_over_the_phase_only():
-    """``train.ema_restart``: updates with ``debiased_decay`` give ``Σ (1−d) d^(n−i) w_i / (1 − d^n)``
+    """``train.phase_average``: updates with ``debiased_decay`` give ``Σ (1−d) d^(n−i) w_i / (1 − d^n)``
     over the weights since the restart, whatever the average held before; frozen names are kept."""
     from sbdiff.nets import debiased_decay, make_ema, update_ema
 

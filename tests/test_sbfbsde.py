@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sbdiff import Config, fit
+from sbdiff.config import config_from_dict
 from sbdiff._utils import SbdiffError, divergence
 from sbdiff.bench.gaussian import random_gaussian_bridge
 from sbdiff.decoders import Decoder, ScoreDecoder
@@ -433,3 +434,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
     np.save(tmp_path / "three.npy", np.zeros((50, 3)))
     assert_train_refused(tmp_path, capsys, "sbfbsde", args, message)
+
+
+def test_freeze_last_turns_the_phase_average_off():
+    """``train.phase_average`` (sbfbsde's default) hands a phase's average on; ``freeze = last`` hands
+    on the last weights instead, and asking for both is refused in one line."""
+    assert config_from_dict({"method": "sbfbsde"}).validate().train.phase_average is True
+    assert config_from_dict({"method": "sgm"}).validate().train.phase_average is False
+    last = config_from_dict({"method": "sbfbsde", "sbfbsde": {"freeze": "last"}}).validate()
+    assert last.train.phase_average is False
+    with pytest.raises(SbdiffError, match="set one of them"):
+        config_from_dict({"method": "sbfbsde", "sbfbsde": {"freeze": "last"},
+                          "train": {"phase_average": True}}).validate()
+

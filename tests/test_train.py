@@ -376,5 +376,5 @@ def test_loop_state_is_the_checkpoint_meta(files, monkeypatch, tmp_path):
     assert again["elapsed_s"] >= meta["elapsed_s"]
     old = {**meta, "log_sums": {"loss": 2.5}}  # older checkpoints: bare sums over log_count steps
     assert LoopState.from_meta(old).log_sums == {"loss": (2.5, 5)}
-    del old["phase_updates"]  # checkpoints before train.ema_restart
+    del old["phase_updates"]  # checkpoints before train.phase_average
     assert LoopState.from_meta(old).phase_updates == 0

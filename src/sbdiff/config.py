@@ -52,7 +52,7 @@ shards = 1              # the global batch is computed as this many equal shards
 world_size = 1          # recorded by the trainer: processes that trained the run (torchrun)
 precision = "fp32"      # fp32 | bf16 (autocast of the losses' forward pass; for GPUs)
 compile = false         # torch.compile the networks (needs a C++ compiler on CPU)
-ema_restart = false     # presets with phases (a frozen network): the EMA of the network starting a phase restarts (a bias-corrected average over the phase)
+phase_average = false   # presets with phases: each phase averages its network afresh (bias-corrected EMA) and hands the average on (the network takes it when frozen)
 
 [sample]
 nfe = 500
@@ -90,12 +90,7 @@ class Section:
     """
 
     def __post_init__(self):
-        explicit = set()
-        for f in fields(self):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if getattr(self, f.name) != default:
-                explicit.add(f.name)
+        explicit = {f.name for f in fields(self) if getattr(self, f.name) != _generic_default(self, f.name)}
         object.__setattr__(self, "_explicit", explicit)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -172,7 +167,7 @@ class TrainConfig(Section):
     world_size: int = 1
     precision: str = "fp32"
     compile: bool = False
-    ema_restart: bool = False
+    phase_average: bool = False
 
 
 @dataclass
@@ -270,9 +265,9 @@ class Config:
             sec = getattr(self, section)
             if name not in sec.explicit():
                 set_resolved(sec, name, value)
-        self._check_generic(cls, ref)
         for preset in REGISTRY.values():
             preset.check(self)
+        self._check_generic(cls, ref)
         return self
 
     def _check_generic(self, cls, ref) -> None:

@@ -331,7 +331,7 @@ class LoopState:
     streak : int
         Non-finite steps in a row up to the last step.
     phase_updates : int
-        EMA updates since the frozen set last changed (``train.ema_restart``: the restarted average's
+        EMA updates since the frozen set last changed (``train.phase_average``: the restarted average's
         count).
     started : float
         ``time.monotonic()`` when this session's training began (not saved).
@@ -564,6 +564,8 @@ def _freeze_policy(s: _Session, step: int) -> None:
     prefixes hold the snapshot the other network trains against (``Method.set_frozen``). The EMA
     itself is written by the trainer only: ``update_ema`` leaves the frozen prefixes as they are."""
     frozen = s.method.frozen(step)
+    if s.config.train.phase_average and step > 0:
+        _hand_on_average(s, frozen, s.method.frozen(step - 1))
     if frozen and frozen != s.frozen:
         if s.frozen_model is None:
             s.frozen_model = copy.deepcopy(s.ema.module).requires_grad_(False)
@@ -575,16 +577,30 @@ def _freeze_policy(s: _Session, step: int) -> None:
 
 def _update_ema(s: _Session, state: LoopState, step: int) -> None:
     """The EMA update after good step ``step``: every parameter but the frozen prefixes of that step
-    (with ``train.ema_restart``, as a bias-corrected average restarted whenever the frozen set
+    (with ``train.phase_average``, as a bias-corrected average restarted whenever the frozen set
     changes), then the parameters the optimiser does not update mirrored."""
     frozen = s.method.frozen(step)
     if step > 0 and frozen != s.method.frozen(step - 1):
         state.phase_updates = 0
     state.phase_updates += 1
-    restart = s.config.train.ema_restart and frozen  # a preset without phases keeps the plain EMA
+    restart = s.config.train.phase_average and frozen  # a preset without phases keeps the plain EMA
     decay = debiased_decay(s.config.train.ema_decay, state.phase_updates) if restart else None
     update_ema(s.ema, s.model, frozen, decay=decay)
     _mirror_untrained(s)
+
+
+@torch.no_grad()
+def _hand_on_average(s: _Session, frozen: tuple, before: tuple) -> None:
+    """``train.phase_average``: a network frozen from this step on takes its averaged weights (the
+    bias-corrected average over the phase it finished), so its next phase starts from them and the
+    other side trains against the same weights in the model and in the EMA."""
+    now_frozen = tuple(p for p in frozen if p not in before)
+    if not now_frozen:
+        return
+    averaged = s.ema.module.state_dict()
+    for name, value in s.model.state_dict().items():
+        if name.startswith(now_frozen):
+            value.copy_(averaged[name])
 
 
 @torch.no_grad()
