@@ -156,18 +156,8 @@ def euler_maruyama(
     ``s = min(t_k, t_{k+1})`` (``"lower"``: the data-side end of the step, so that a backward chain's
     step ``k`` has the noise of the forward chain's step ``k``, as DSB's mean matching assumes). The
     last step adds no noise unless ``noise_last`` (it returns the final mean, as in Song et al. 2021).
-
-    Parameters
-    ----------
-    x : Tensor, shape (B, ...)
-        State at ``ts[0]``.
-    ts : Tensor, shape (K+1,)
-    trajectory : bool
-        Return the whole path, shape ``(K+1, B, ...)``, both endpoints included.
-
-    Returns
-    -------
-    Tensor, shape (B, ...) or (K+1, B, ...)
+    ``x`` ``(B, ...)`` is the state at ``ts[0]`` ``(K+1,)``; returns the final state, or with
+    ``trajectory`` the path ``(K+1, B, ...)`` (:func:`sdeint`).
     """
     return sdeint(euler_maruyama_step(drift, diffusion, noise_at), x, ts, generator=generator,
                   noise_last=noise_last, trajectory=trajectory, progress=progress)

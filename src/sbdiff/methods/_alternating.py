@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
 from ..config import Config
 from ..distributed import step_generator

@@ -74,14 +74,14 @@ from ..decoders import NeuralDecoder, ScoreDecoder
 from ..encoders import FixedEncoder, NeuralEncoder
 from ..model import PathVAE
 from ..nets import TimeMLP
-from ..objectives import (divergence_matching, dsm_loss, gaussian_kl_estimate, importance_times,
-                          simulate_controlled)
+from ..objectives import divergence_matching, dsm_loss, importance_times, simulate_controlled
 from ..solvers import make_grid, sdeint
 from ._alternating import Alternating
 from ._schedule import Phase, PhaseSchedule
 from .base import build_network, check_flat, register
 
 __all__ = ["SBFBSDE", "SBFBSDEConfig", "training_grid"]
+
 
 @dataclass
 class SBFBSDEConfig(Section):
