@@ -105,8 +105,10 @@ class Section:
 
 
 def set_resolved(section: Section, name: str, value: Any) -> None:
-    """Write a resolved value (a default layer, an ``auto`` choice) without marking it explicit."""
+    """Write a resolved value (a default layer, an ``auto`` choice): the key is the resolver's, not
+    the user's (an explicit ``"auto"`` becomes an unset key holding what it resolved to)."""
     object.__setattr__(section, name, value)
+    section.__dict__.get("_explicit", set()).discard(name)
 
 
 def _generic_default(section: Section, name: str) -> Any:
@@ -206,8 +208,10 @@ class Config:
     def __getattr__(self, name: str) -> Any:  # only reached when normal lookup fails: preset sections
         if name.startswith("_"):
             raise AttributeError(name)
-        cls = preset_sections().get(name)
         presets = self.__dict__.get("_presets")
+        if presets is not None and name in presets:  # the common case, read every step by the presets
+            return presets[name]
+        cls = preset_sections().get(name)
         if cls is None or presets is None:
             raise AttributeError(f"'Config' has no attribute '{name}'")
         if name not in presets:
@@ -223,28 +227,25 @@ class Config:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
-    def sections(self) -> dict[str, Section]:
-        """Every section, generic and per preset: ``{name: section}``."""
-        return {**{name: getattr(self, name) for name in _SECTIONS},
-                **{name: getattr(self, name) for name in preset_sections()}}
-
     def validate(self, *, defaults_of: str | None = None) -> "Config":
         """Check values (not just types) and resolve what is left open. Returns ``self``.
 
-        Resolution, in one place and in this order (later layers win): every key not set by the
-        user (:class:`Section`) takes its generic default, then the method's ``defaults``, then,
-        when ``data.image_shape = "auto"`` resolves to an image, :data:`IMAGE_DEFAULTS` and each
-        preset's ``image_defaults``; the user's explicit keys are never touched. ``auto`` values
+        Resolution, in one place and in this order (later layers win): every key a default layer
+        may set and the user did not (:class:`Section`) takes its generic default, then the method's
+        ``defaults``, then, when ``data.image_shape = "auto"`` resolves to an image,
+        :data:`IMAGE_DEFAULTS` and each preset's ``image_defaults``; the user's explicit keys are
+        never touched, and ``auto`` values resolved before stay resolved (no second read of the data). ``auto`` values
         (image keys, a preset's own) are resolved, and each registered preset checks its section
         (``check``). ``defaults_of`` takes another preset's defaults than ``self.method``'s (the
         benchmark's peer solvers borrow the bridge presets' network and EMA).
         """
         cls = method_class(self.method)
         layer_cls = method_class(defaults_of) if defaults_of is not None else cls
-        for section in self.sections().values():  # a config validated before resolves afresh
-            for f in fields(section):
-                if f.name not in section.explicit():
-                    set_resolved(section, f.name, _generic_default(section, f.name))
+        for key in _layer_keys():  # a config validated before (e.g. under another method) resolves afresh
+            section, name = key.split(".")
+            sec = getattr(self, section)
+            if name not in sec.explicit():
+                set_resolved(sec, name, _generic_default(sec, name))
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise SbdiffError(f"unknown device '{self.device}'; choose cpu, cuda or auto")
         if self.data.prior != "gaussian" and not cls.bridges:
@@ -256,10 +257,10 @@ class Config:
         ref = make_reference(kind, **params)
         self.reference = {"kind": kind, **ref.params()}
         layers = dict(layer_cls.defaults)
-        if _resolve_images(self):
+        _resolve_images(self)
+        if self.data.image_shape != "none" and "image_shape" not in self.data.explicit():  # auto: an image
             layers.update(IMAGE_DEFAULTS)
-            for name, preset in REGISTRY.items():
-                layers.update({f"{name}.{k}": v for k, v in getattr(preset, "image_defaults", {}).items()})
+            layers.update(_preset_image_defaults())
         for key, value in layers.items():
             section, name = key.split(".")
             sec = getattr(self, section)
@@ -321,9 +322,21 @@ class Config:
 IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995}
 
 
-def _resolve_images(cfg: "Config") -> bool:
-    """Validate the image keys and resolve ``auto`` values from the data source (``data.image_info``).
-    Returns True when ``data.image_shape = "auto"`` resolved to an image (the image defaults apply)."""
+def _preset_image_defaults() -> dict[str, Any]:
+    """Every registered preset's ``image_defaults`` as ``{"name.key": value}``."""
+    return {f"{name}.{k}": v for name, preset in REGISTRY.items() for k, v in getattr(preset, "image_defaults", {}).items()}
+
+
+def _layer_keys() -> set[str]:
+    """The keys a default layer may set: any preset's ``defaults``, the image defaults."""
+    keys = set(IMAGE_DEFAULTS) | set(_preset_image_defaults())
+    for preset in REGISTRY.values():
+        keys |= set(preset.defaults)
+    return keys
+
+
+def _resolve_images(cfg: "Config") -> None:
+    """Validate the image keys and resolve ``auto`` values from the data source (``data.image_info``)."""
     from .data import BUILTIN, ImageInfo, image_info
 
     d, m = cfg.data, cfg.model
@@ -345,8 +358,7 @@ def _resolve_images(cfg: "Config") -> bool:
         raise SbdiffError("model.unet_channels >= 1, model.unet_res_blocks >= 1 and 0 <= model.unet_dropout < 1 "
                           "are required")
     info = None
-    auto = d.image_shape == "auto"
-    if auto:
+    if d.image_shape == "auto":
         # a missing file is reported by load_data when training; a saved run whose data file is gone
         # predates images (its config would say image_shape otherwise): vectors
         missing = d.data not in BUILTIN and not Path(d.data).is_file()
@@ -366,11 +378,11 @@ def _resolve_images(cfg: "Config") -> bool:
         if m.net == "unet":
             raise SbdiffError("model.net = unet needs image data (set data.image_shape = \"CxHxW\")")
         set_resolved(d, "dequantize", "none")
-        return False
+        return
     if d.dequantize == "none" and d.max_value > 0:
-        return auto
+        return
     if d.dequantize == "uniform" and d.levels >= 2 and d.max_value > 0:
-        return auto
+        return
     if info is None or info.image_shape is None:
         info = image_info(d.data)
     if d.dequantize == "auto":
@@ -382,7 +394,6 @@ def _resolve_images(cfg: "Config") -> bool:
     if d.max_value == 0:
         set_resolved(d, "max_value", info.max_value if (info.levels == d.levels or d.dequantize == "none")
                      else float(d.levels - 1))
-    return auto
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -558,14 +558,20 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
 
 
 @torch.no_grad()
-def _freeze_policy(s: _Session, step: int) -> None:
-    """The one freeze policy, before the method's ``begin_step``: when ``method.frozen(step)`` changes
-    (and at a session's first step), hand the method a copy of the averaged model, whose frozen
-    prefixes hold the snapshot the other network trains against (``Method.set_frozen``). The EMA
-    itself is written by the trainer only: ``update_ema`` leaves the frozen prefixes as they are."""
+def _freeze_policy(s: _Session, state: LoopState, step: int) -> None:
+    """The one freeze policy, before the method's ``begin_step``. When ``method.frozen(step)``
+    differs from the step before's (a new phase), the phase average restarts and, with
+    ``train.phase_average``, the network frozen now takes it. When it differs from the last step
+    this session took (and at a session's first step), the method gets a copy of the averaged model,
+    whose frozen prefixes hold the snapshot the other network trains against
+    (``Method.set_frozen``). The EMA itself is written by the trainer only: ``update_ema`` leaves the
+    frozen prefixes as they are."""
     frozen = s.method.frozen(step)
-    if s.config.train.phase_average and step > 0:
-        _hand_on_average(s, frozen, s.method.frozen(step - 1))
+    before = s.method.frozen(step - 1) if step > 0 else frozen
+    if frozen != before:
+        state.phase_updates = 0
+        if s.config.train.phase_average:
+            _hand_on_average(s, frozen, before)
     if frozen and frozen != s.frozen:
         if s.frozen_model is None:
             s.frozen_model = copy.deepcopy(s.ema.module).requires_grad_(False)
@@ -575,17 +581,14 @@ def _freeze_policy(s: _Session, step: int) -> None:
     s.frozen = frozen
 
 
-def _update_ema(s: _Session, state: LoopState, step: int) -> None:
-    """The EMA update after good step ``step``: every parameter but the frozen prefixes of that step
-    (with ``train.phase_average``, as a bias-corrected average restarted whenever the frozen set
-    changes), then the parameters the optimiser does not update mirrored."""
-    frozen = s.method.frozen(step)
-    if step > 0 and frozen != s.method.frozen(step - 1):
-        state.phase_updates = 0
+def _update_ema(s: _Session, state: LoopState) -> None:
+    """The EMA update after a good step: every parameter but the step's frozen prefixes (with
+    ``train.phase_average``, as a bias-corrected average restarted at each phase), then the
+    parameters the optimiser does not update mirrored."""
     state.phase_updates += 1
-    restart = s.config.train.phase_average and frozen  # a preset without phases keeps the plain EMA
+    restart = s.config.train.phase_average and s.frozen  # a preset without phases keeps the plain EMA
     decay = debiased_decay(s.config.train.ema_decay, state.phase_updates) if restart else None
-    update_ema(s.ema, s.model, frozen, decay=decay)
+    update_ema(s.ema, s.model, s.frozen, decay=decay)
     _mirror_untrained(s)
 
 
@@ -595,8 +598,6 @@ def _hand_on_average(s: _Session, frozen: tuple, before: tuple) -> None:
     bias-corrected average over the phase it finished), so its next phase starts from them and the
     other side trains against the same weights in the model and in the EMA."""
     now_frozen = tuple(p for p in frozen if p not in before)
-    if not now_frozen:
-        return
     averaged = s.ema.module.state_dict()
     for name, value in s.model.state_dict().items():
         if name.startswith(now_frozen):
@@ -636,7 +637,7 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     SbdiffError : too many non-finite steps in a row (:func:`_nonfinite_error`).
     """
     tc, env, step = s.config.train, s.env, state.step
-    _freeze_policy(s, step)
+    _freeze_policy(s, state, step)
     with torch.no_grad():
         s.method.begin_step(s.model, step)
     idx_gen = distributed.step_generator(s.config.seed, step, BATCH_STREAM, s.device)
@@ -659,7 +660,7 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     if bad is None:
         s.opt.step()
         s.sched.step()
-        _update_ema(s, state, step - 1)
+        _update_ema(s, state)
         state.streak = 0
         state.log_count += 1
         for k, v in zip(names, values.tolist()):  # per key: a method's keys may change
