@@ -4,8 +4,9 @@
     python benchmarks/preset_cost.py --seconds 300 --json     # also write benchmarks/results/preset_cost_d16_300s.json
     python benchmarks/preset_cost.py --methods sgm,dsb --hidden 64 --blocks 1
 
-The problem is the EOT pair ``sbdiff.bench.eot.make_pair(dim, 1.0)``, trained exactly as the bench
-harness does (``sbdiff.bench.runner._train``, called here): ``sgm`` and ``vsdm`` on target samples
+The problem is the EOT pair ``sbdiff.bench.eot.make_pair(dim, 1.0, family="rotated")`` (the family of
+the recorded results), trained exactly as the bench harness does (``sbdiff.bench.runner._train``,
+called here): ``sgm`` and ``vsdm`` on target samples
 with their Gaussian prior, ``dsb`` and ``sbfbsde`` as bridges from the source samples (reference
 ``brownian(1.0)``, ``data.normalize = false``). Every method gets the same network (overrides
 ``model.hidden/blocks``, default 128 × 2, the width DSB and SB-FBSDE resolve by default, and
@@ -91,7 +92,7 @@ def child(a: argparse.Namespace) -> dict:
     from sbdiff.bench.eot import make_pair
     from sbdiff.bench.runner import _train
 
-    pair = make_pair(a.dim, 1.0, a.seed)
+    pair = make_pair(a.dim, 1.0, a.seed, family="rotated")
     base = _rss_mib()
     overrides = {"model": {"hidden": a.hidden, "blocks": a.blocks},
                  "sbfbsde": {"hidden": 0, "half_steps": a.phase_steps}, "dsb": {"half_steps": a.phase_steps},

@@ -132,6 +132,14 @@ def test_our_pairs_have_no_fixed_test_points():
     assert pair.test_inputs is None and pair.target_variance is None and not hasattr(pair, "official")
 
 
+def test_a_row_on_the_official_pair_says_so(tmp_path):
+    from sbdiff.bench.runner import run_bench
+
+    write_official(tmp_path, 2, "1")
+    row = run_bench("eot", "exact", 2, 1.0, official_dir=tmp_path, n_test=5, n_samples=20, n_marginal=100)
+    assert row["family"] == "official" and row["official"] == str(tmp_path)
+
+
 def _one_line_error(fn, *names):
     with pytest.raises(SbdiffError) as info:
         fn()

@@ -39,8 +39,10 @@ def test_table_trains_scores_writes_and_resumes(tmp_path, monkeypatch, one_threa
     assert math.isfinite(rows["exact"]["cbw2_uvp"]) and rows["exact"]["train_steps"] == 0
     on_disk = json.loads((tmp_path / "eot_table.json").read_text())
     assert on_disk["rows"] == state["rows"] and on_disk["settings"]["steps"] == 10
+    assert on_disk["settings"]["family"] == "draft-recipe" and {r["family"] for r in state["rows"]} == {"draft-recipe"}
     md = (tmp_path / "eot_table.md").read_text()
     assert md.startswith("| D | eps | floor | sgm | dsb | best |") and "| 2 | 1 | " in md and "n/a" in md
+    assert md.rstrip().endswith("Pair family: draft-recipe.")
     assert "| dsb |" in md.split("| 2 | 1 | ")[1]  # dsb is the only scored solver: it wins the cell
     assert (tmp_path / "eot_table.png").stat().st_size > 1000
     assert sum("[" in line and "training" in line for line in logs) == 2
@@ -83,6 +85,49 @@ def test_a_killed_sweep_resumes_from_the_cells_done(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "run_bench", record)
     state = table.run_table(tmp_path, ["dsb"], cells, log=lambda s: None)
     assert done == [("exact", 16), ("dsb", 16)] and len(state["rows"]) == 4
+
+
+def _fake_row(problem, method, dim, eps, **kw):
+    return {"problem": problem, "method": method, "dim": dim, "eps": eps, "family": kw["family"], "cbw2_uvp": 1.0,
+            "bw2_uvp": 0.5, "train_steps": 3, "train_seconds": 0.1, "eval_seconds": 0.1}
+
+
+def test_script_family_reaches_the_pairs_and_the_files(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_bench(problem, method, dim, eps, **kw):
+        seen.append(kw["family"])
+        return _fake_row(problem, method, dim, eps, **kw)
+
+    monkeypatch.setattr(table, "run_bench", fake_bench)
+    out = tmp_path / "o"
+    assert _script().main(["--solvers", "dsb", "--dims", "2", "--family", "rotated", "--out", str(out), "--quiet"]) == 0
+    assert seen == ["rotated", "rotated"]
+    on_disk = json.loads((out / "eot_table.json").read_text())
+    assert on_disk["settings"]["family"] == "rotated" and {r["family"] for r in on_disk["rows"]} == {"rotated"}
+    assert "Pair family: rotated" in (out / "eot_table.md").read_text()
+    capsys.readouterr()
+    # the default family is draft-recipe: this table was measured on another one
+    assert _script().main(["--solvers", "dsb", "--dims", "2", "--out", str(out), "--quiet"]) == 2
+    assert "family: 'rotated' there, 'draft-recipe' now" in capsys.readouterr().err
+    assert _script().main(["--family", "rotated", "--official-dir", str(tmp_path), "--out", str(out), "--quiet"]) == 2
+    assert "give one" in capsys.readouterr().err
+
+
+def test_a_table_from_before_the_families_resumes_as_rotated(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "run_bench", _fake_row)
+    table.run_table(tmp_path, ["dsb"], [(2, 1.0)], family="rotated", log=lambda s: None)
+    path = tmp_path / "eot_table.json"
+    old = json.loads(path.read_text())
+    del old["settings"]["family"]
+    for r in old["rows"]:
+        del r["family"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(SbdiffError, match="family: 'rotated' there, 'draft-recipe' now"):
+        table.run_table(tmp_path, ["dsb"], [(2, 1.0)], log=lambda s: None)
+    state = table.run_table(tmp_path, ["dsb"], [(2, 1.0), (16, 1.0)], family="rotated", log=lambda s: None)
+    assert state["settings"]["family"] == "rotated" and len(state["rows"]) == 4
+    assert json.loads(path.read_text())["settings"]["family"] == "rotated"
 
 
 def test_comparison_names_the_winner_and_its_ratio():

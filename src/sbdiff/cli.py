@@ -315,6 +315,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SbdiffError(f"--dim must be at least 1, got {args.dim}")
     if args.eps is not None and not (args.eps > 0 and np.isfinite(args.eps)):
         raise SbdiffError(f"--eps must be a finite number > 0, got {args.eps}")
+    family = _bench_family(args)
     overrides = None
     if args.config:
         from .config import load_config
@@ -322,7 +323,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _, overrides = load_config(args.config)  # validated once the bench has set data and reference
     kw = dict(seed=args.seed, minutes=args.minutes, steps=args.steps, n_test=args.n_test,
               n_samples=args.n_samples, n_marginal=args.n_marginal, nfe=args.nfe, overrides=overrides,
-              official_dir=args.official_dir, progress=not args.quiet)
+              official_dir=args.official_dir, family=family, progress=not args.quiet)
     if args.minutes == 0:
         raise SbdiffError("--minutes must be > 0")
     for line in format_table([]):
@@ -342,6 +343,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         _write_json({"rows": rows} if args.all else rows[0], args.json)
     return 0
+
+
+def _bench_family(args: argparse.Namespace) -> str:
+    """``--family`` (default draft-recipe), refused where it chooses nothing."""
+    from .bench.eot import DEFAULT_FAMILY
+
+    if args.family is not None and args.problem != "eot":
+        raise SbdiffError("--family chooses the eot pairs: drop it for the gaussian problem")
+    if args.family is not None and args.official_dir is not None:
+        raise SbdiffError("--family chooses sbdiff's own pairs, --official-dir reads the official ones: give one")
+    return args.family or DEFAULT_FAMILY
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -427,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-marginal", type=_positive_int, default=10000, help="samples for BW2-UVP (default 10000)")
     b.add_argument("--nfe", type=_positive_int, help="sampling steps of a trained model (default: its config)")
     b.add_argument("--json", help="write the row (with --all: {'rows': [...]}) to this JSON file")
+    b.add_argument("--family", choices=("draft-recipe", "rotated"),
+                   help="eot: the family of sbdiff's own pairs (sbdiff.bench.eot): draft-recipe (default; the "
+                        "benchmark authors' recipe) or rotated (sbdiff's first draw, of the older results)")
     b.add_argument("--official-dir", help="eot: the official pairs of Gushchin et al. 2023, read from their "
                    "downloaded files in this directory (sbdiff.bench.official), instead of sbdiff's own draw")
     b.add_argument("--config", help="TOML settings of the method's training (e.g. [sbfbsde] freeze_encoder = 6); "

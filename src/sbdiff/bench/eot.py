@@ -15,19 +15,41 @@ static SB for the reference ``brownian(eps)`` on ``[0, 1]``. In closed form:
 ``μ_k(x) = Λ_k (S_k⁻¹ r_k + x/eps)``, ``g_k(x) ∝ w_k N(x | r_k, S_k + eps I)``; the SB drift is
 ``v*(x, t) = eps ∇ log Σ_k w_k N(x | r_k, S_k + eps (1−t) I)`` (DESIGN §6.2).
 
-Parameter recipe. The original benchmark ships its parameters as downloaded tensors (one source per
+Parameter recipes. The original benchmark ships its parameters as downloaded tensors (one source per
 dimension, one potential per (dimension, eps); ``eps ∈ {0.1, 1, 10}``, the published tables at
-``D ∈ {2, 16, 64, 128}``) and its code does not contain the draw. The pairs of :func:`make_pair` are
-**our own draw, not the official structure**: the official files have isotropic covariances and
-unequal weights, while we use 3 source components with equal weights, 5 potential components and
-full covariances with random orientation (only the split is kept: the source is independent of eps,
-the potential drawn per (dimension, eps)), drawn reproducibly from a seed:
+``D ∈ {2, 16, 64, 128}``); those files cannot be fetched offline (a Google-Drive download), so
+:func:`make_pair` draws its own pairs, reproducibly from a seed, in one of two families. Both keep the
+original's split: the source depends on ``(D, seed)`` only, the potential on ``(D, eps, seed)``.
+
+``family="draft-recipe"`` (the default) follows the authors' own generator, with our own seeds: the
+draft notebook ``notebooks/GaussianMixtureDraft.ipynb`` of ngushchin/EntropicOTBenchmark (its
+``initialize_centers``, ``initialize_gaussians`` and ``params``; commit 438dcb9 of 2023-02-22, in
+the pre-release history that the current branch no longer contains; the pairs' sampler and plan are
+in ``benchmark/gaussian_mixture_benchmark.py``, which holds no draw):
+
+* source: 3 components, weights ``U(0, 1)`` normalised (not equal), covariances ``0.5² I``, centres on
+  a permuted grid with spacing 2: in every coordinate the three centres take the values
+  ``{−2, 0, 2}`` in an independent random order;
+* potential: 5 components, weights ``U(0, 1)`` normalised, covariances ``(0.5 s)² I`` with the scale
+  ``s = s(eps, D)`` of :data:`DRAFT_POTENTIAL_SCALE` (0.5 at ``D ≤ 4`` up to 8 at ``eps = 0.1``,
+  ``D ≥ 64``), centres on a permuted grid with spacing 1: in every coordinate the five centres take
+  the values ``{−2, −1, 0, 1, 2}`` in an independent random order.
+
+The scale is tabulated at ``D ∈ {2, 4, …, 128}``, ``eps ∈ {0.1, 1, 10}``; elsewhere we take the row of
+the tabulated eps nearest in log scale and the column of the largest tabulated ``D ≤ dim`` (D = 2's
+below 2). These pairs follow the authors' recipe (and share the official files' isotropic
+covariances and unequal weights), not their numbers: the published files are a draw of their own,
+and the stored ground-truth samples of their plotting notebooks (``notebooks/data_for_plotting``)
+suggest sharper potentials still than this recipe gives.
+
+``family="rotated"`` (sbdiff's first draw, kept bit-identical per seed) has 3 source components
+with equal weights, 5 potential components and full covariances with random orientation:
 
 * source: ``π_m = 1/3``, ``a_m ~ U[−2, 2]^D``, ``Σ_m = O diag(λ) Oᵀ``, ``O`` Haar, ``λ_i ~ U[0.1, 1]``;
 * potential: ``w_k ∝ U[0.5, 1.5]``, ``r_k ~ U[−2, 2]^D``, ``S_k = O diag(λ) Oᵀ``, ``λ_i ~ U[0.1, 1]``.
 
-So the numbers of these pairs are comparable across sbdiff versions and methods only, **not** with
-the tables of Gushchin et al. (different pairs, different structure). For the published tables, load
+The numbers of either family are comparable across sbdiff versions and methods on the same family
+only, **not** with the tables of Gushchin et al. (different pairs). For the published tables, load
 the downloaded official files with :func:`sbdiff.bench.official.load_official_pair` (``sbdiff bench
 --official-dir``). The metrics follow their protocol (see :mod:`sbdiff.bench.metrics`).
 """
@@ -43,11 +65,22 @@ from .._utils import SbdiffError
 from ._common import (check_dim, check_eps, check_n, check_points, check_spd, check_times, random_spd,
                       rng_from, single_blas_thread, to_numpy)
 
-__all__ = ["EOTPair", "make_pair", "BENCH_DIMS", "BENCH_EPS"]
+__all__ = ["EOTPair", "make_pair", "check_family", "FAMILIES", "DEFAULT_FAMILY", "DRAFT_POTENTIAL_SCALE",
+           "BENCH_DIMS", "BENCH_EPS"]
 
 BENCH_DIMS = (2, 16, 64, 128)
 BENCH_EPS = (0.1, 1.0, 10.0)
 _LOG2PI = math.log(2 * math.pi)
+#: The pair families of :func:`make_pair` (module docstring); the first is the default.
+FAMILIES = ("draft-recipe", "rotated")
+DEFAULT_FAMILY = FAMILIES[0]
+#: ``s(eps, D)`` of the draft recipe: the potential's components have standard deviation ``0.5 s``
+#: (the ``params`` table of the authors' ``GaussianMixtureDraft.ipynb``).
+DRAFT_POTENTIAL_SCALE = {
+    0.1: {2: 0.5, 4: 0.5, 8: 1.0, 16: 1.0, 32: 4.0, 64: 8.0, 128: 8.0},
+    1.0: {2: 0.5, 4: 0.5, 8: 1.0, 16: 1.0, 32: 2.0, 64: 2.0, 128: 2.0},
+    10.0: {2: 0.5, 4: 0.5, 8: 1.0, 16: 1.0, 32: 2.0, 64: 2.0, 128: 2.0},
+}
 
 
 def _mixture_params(weights, means, covs, what: str):
@@ -82,6 +115,7 @@ class EOTPair:
     All computations are in float64; point arguments accept numpy arrays or torch tensors; samplers
     take ``seed`` (int, numpy Generator or None) and return numpy arrays.
 
+    Attribute ``family`` (str or None) names the draw of :func:`make_pair` (None otherwise).
     Attributes ``test_inputs`` (ndarray ``(n, d)``: fixed cBW2-UVP test points) and
     ``target_variance`` (float: the cBW2-UVP normaliser ``tr Cov(p1)``) are None, except on the
     official pairs of :func:`sbdiff.bench.official.load_official_pair`, where
@@ -90,6 +124,7 @@ class EOTPair:
 
     test_inputs = None
     target_variance = None
+    family = None
 
     def __init__(self, source_weights, source_means, source_covs, potential_weights, potential_means,
                  potential_covs, eps: float):
@@ -274,21 +309,95 @@ class EOTPair:
 
     def __repr__(self) -> str:
         M, K = self.n_components
-        return f"EOTPair(dim={self.dim}, eps={self.eps:g}, source components={M}, potential components={K})"
+        fam = "" if self.family is None else f", family={self.family}"
+        return f"EOTPair(dim={self.dim}, eps={self.eps:g}, source components={M}, potential components={K}{fam})"
 
 
-def make_pair(dim: int, eps: float, seed: int = 0) -> EOTPair:
-    """The benchmark pair for dimension ``dim`` and entropy weight ``eps`` (see the module docstring
-    for the recipe). The source depends on ``(dim, seed)`` only, the potential on ``(dim, eps, seed)``,
-    as in the original benchmark (one source file per dimension, one potential per (dim, eps))."""
-    dim, eps = check_dim(dim), check_eps(eps)
+def check_family(family) -> str:
+    """``family`` if it names a pair family of :func:`make_pair`, else one SbdiffError line."""
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise SbdiffError(f"unknown pair family {family!r}; choose from {', '.join(FAMILIES)}")
+    return family
+
+
+def make_pair(dim: int, eps: float, seed: int = 0, family: str = DEFAULT_FAMILY) -> EOTPair:
+    """The benchmark pair for dimension ``dim`` and entropy weight ``eps``.
+
+    Parameters
+    ----------
+    dim : int >= 1
+    eps : float > 0
+    seed : int >= 0
+    family : {"draft-recipe", "rotated"}
+        The recipe (module docstring): ``draft-recipe`` (default) follows the benchmark authors' draft
+        generator, ``rotated`` is sbdiff's earlier draw (bit-identical per seed).
+
+    Returns
+    -------
+    EOTPair
+        With ``family`` set. The source depends on ``(dim, seed)`` only, the potential on
+        ``(dim, eps, seed)``, as in the original benchmark (one source file per dimension, one
+        potential per (dim, eps)).
+    """
+    dim, eps, family = check_dim(dim), check_eps(eps), check_family(family)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SbdiffError(f"seed must be an integer >= 0, got {seed!r}")
+    pair = _DRAWS[family](dim, eps, seed)
+    pair.family = family
+    return pair
+
+
+def _eps_key(eps: float) -> int:
+    return int(round(eps * 1_000_000))
+
+
+def _rotated_pair(dim: int, eps: float, seed: int) -> EOTPair:
+    """Full covariances with random orientation, equal source weights (module docstring)."""
     rs = rng_from([seed, dim, 0])
     src_means = rs.uniform(-2.0, 2.0, (3, dim))
     src_covs = np.stack([random_spd(dim, rs, 0.1, 1.0) for _ in range(3)])
-    rp = rng_from([seed, dim, 1, int(round(eps * 1_000_000))])
+    rp = rng_from([seed, dim, 1, _eps_key(eps)])
     w = rp.uniform(0.5, 1.5, 5)
     pot_means = rp.uniform(-2.0, 2.0, (5, dim))
     pot_covs = np.stack([random_spd(dim, rp, 0.1, 1.0) for _ in range(5)])
     return EOTPair(np.full(3, 1.0 / 3.0), src_means, src_covs, w / w.sum(), pot_means, pot_covs, eps)
+
+
+def _draft_scale(dim: int, eps: float) -> float:
+    """``s(eps, D)`` of :data:`DRAFT_POTENTIAL_SCALE`; off the table: the tabulated eps nearest in
+    log scale, the largest tabulated ``D <= dim`` (D = 2's for dim = 1)."""
+    row = DRAFT_POTENTIAL_SCALE[min(DRAFT_POTENTIAL_SCALE, key=lambda e: abs(math.log(e / eps)))]
+    below = [d for d in row if d <= dim]
+    return row[max(below) if below else min(row)]
+
+
+def _grid_centres(n: int, dim: int, spacing: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` centres ``(n, dim)``: in each coordinate, the grid ``spacing * (0, 1, …, n−1)`` centred on
+    0, in an independent random order (the draft's ``initialize_centers``)."""
+    ranks = rng.permuted(np.tile(np.arange(n)[:, None], (1, dim)), axis=0)
+    return spacing * (ranks - (n - 1) / 2.0)
+
+
+def _unit_weights(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` weights ``U(0, 1]`` normalised to sum 1 (``1 − U[0, 1)``: never 0)."""
+    w = 1.0 - rng.random(n)
+    return w / w.sum()
+
+
+def _isotropic(n: int, dim: int, std: float) -> np.ndarray:
+    return np.broadcast_to(std**2 * np.eye(dim), (n, dim, dim)).copy()
+
+
+def _draft_recipe_pair(dim: int, eps: float, seed: int) -> EOTPair:
+    """The authors' draft recipe with our seeds (module docstring)."""
+    rs = rng_from([seed, dim, 2])
+    src_w = _unit_weights(3, rs)
+    src_means = _grid_centres(3, dim, 2.0, rs)
+    rp = rng_from([seed, dim, 3, _eps_key(eps)])
+    pot_w = _unit_weights(5, rp)
+    pot_means = _grid_centres(5, dim, 1.0, rp)
+    pot_std = 0.5 * _draft_scale(dim, eps)
+    return EOTPair(src_w, src_means, _isotropic(3, dim, 0.5), pot_w, pot_means, _isotropic(5, dim, pot_std), eps)
+
+
+_DRAWS = {"draft-recipe": _draft_recipe_pair, "rotated": _rotated_pair}

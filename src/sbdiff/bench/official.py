@@ -2,8 +2,9 @@
 Schrödinger: a continuous entropic optimal transport benchmark"; ngushchin/EntropicOTBenchmark), read
 from their downloaded parameter files into an :class:`~sbdiff.bench.eot.EOTPair` (DESIGN §6.2).
 
-sbdiff's own pairs (:func:`~sbdiff.bench.eot.make_pair`) are a different draw with a different
-structure; only these files give numbers comparable with the published tables.
+sbdiff's own pairs (:func:`~sbdiff.bench.eot.make_pair`) are a different draw (the authors' recipe
+for the ``draft-recipe`` family, another structure for ``rotated``); only these files give numbers
+comparable with the published tables.
 """
 
 from __future__ import annotations

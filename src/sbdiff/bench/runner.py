@@ -2,8 +2,8 @@
 samples, score it, return one table row.
 
 Problems: ``gaussian`` (:func:`~sbdiff.bench.gaussian.random_gaussian_bridge`, closed form) and
-``eot`` (:func:`~sbdiff.bench.eot.make_pair`, Gushchin et al. 2023); cells ``D ∈ {2, 16, 64, 128}``
-× ``eps ∈ {0.1, 1, 10}``.
+``eot`` (:func:`~sbdiff.bench.eot.make_pair`, Gushchin et al. 2023; pair family ``draft-recipe`` by
+default, or ``rotated``: :mod:`sbdiff.bench.eot`); cells ``D ∈ {2, 16, 64, 128}`` × ``eps ∈ {0.1, 1, 10}``.
 
 Methods:
 
@@ -43,20 +43,33 @@ from pathlib import Path
 import numpy as np
 
 from .._utils import SbdiffError
-from .eot import BENCH_DIMS, BENCH_EPS, make_pair
+from .eot import BENCH_DIMS, BENCH_EPS, DEFAULT_FAMILY, check_family, make_pair
 from .gaussian import random_gaussian_bridge
 from .metrics import plan_metrics
 from .peers import is_peer
 
-__all__ = ["PROBLEMS", "make_problem", "run_bench", "run_sweep", "format_table", "BENCH_DIMS", "BENCH_EPS"]
+__all__ = ["PROBLEMS", "make_problem", "pair_family", "run_bench", "run_sweep", "format_table", "BENCH_DIMS",
+           "BENCH_EPS"]
 
 PROBLEMS = ("gaussian", "eot")
 
 
-def make_problem(problem: str, dim: int, eps: float, seed: int = 0, official_dir=None):
-    """The benchmark pair of a cell: a :class:`GaussianBridge` or an :class:`EOTPair` (with
-    ``official_dir``: the official pair of Gushchin et al. read from their downloaded files,
-    :func:`~sbdiff.bench.official.load_official_pair`)."""
+def pair_family(problem: str, family: str = DEFAULT_FAMILY, official_dir=None) -> str | None:
+    """What a row records as its ``family``: the ``eot`` pair family (``draft-recipe``, ``rotated``),
+    ``official`` for the official files, None for the ``gaussian`` problem."""
+    family = check_family(family)
+    if problem != "eot":
+        return None
+    return "official" if official_dir is not None else family
+
+
+def make_problem(problem: str, dim: int, eps: float, seed: int = 0, official_dir=None,
+                 family: str = DEFAULT_FAMILY):
+    """The benchmark pair of a cell: a :class:`GaussianBridge` or an :class:`EOTPair` of ``family``
+    (:func:`~sbdiff.bench.eot.make_pair`; with ``official_dir``: the official pair of Gushchin et
+    al. read from their downloaded files, :func:`~sbdiff.bench.official.load_official_pair`, and
+    ``family`` is not used)."""
+    check_family(family)
     if official_dir is not None:
         if problem != "eot":
             raise SbdiffError("official benchmark files exist for the eot problem only")
@@ -66,7 +79,7 @@ def make_problem(problem: str, dim: int, eps: float, seed: int = 0, official_dir
     if problem == "gaussian":
         return random_gaussian_bridge(dim, eps, seed)
     if problem == "eot":
-        return make_pair(dim, eps, seed)
+        return make_pair(dim, eps, seed, family=family)
     raise SbdiffError(f"unknown benchmark problem '{problem}'; choose from {', '.join(PROBLEMS)}")
 
 
@@ -134,7 +147,8 @@ def _train(method: str, problem: str, pair, dim: int, eps: float, *, seed: int, 
 def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.0, *, seed: int = 0,
               minutes: float | None = None, steps: int | None = None, n_test: int = 1000,
               n_samples: int = 1000, n_marginal: int = 10_000, n_train: int = 50_000, nfe: int | None = None,
-              overrides: dict | None = None, official_dir=None, progress: bool = False) -> dict:
+              overrides: dict | None = None, official_dir=None, family: str = DEFAULT_FAMILY,
+              progress: bool = False) -> dict:
     """Train (unless ``method == "exact"``) and score one cell; returns a row (dict, JSON-ready).
 
     Parameters
@@ -155,11 +169,14 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     official_dir : path, optional
         ``eot`` only: score on the official pair read from Gushchin et al.'s files in this directory
         (their fixed test inputs and target variance where present) instead of sbdiff's own draw.
+    family : {"draft-recipe", "rotated"}
+        ``eot``: the family of sbdiff's own pair (:func:`~sbdiff.bench.eot.make_pair`).
 
     Returns
     -------
-    dict with keys ``problem, method, dim, eps, seed, cbw2_uvp, bw2_uvp, cbw2_note, n_test,
+    dict with keys ``problem, method, dim, eps, seed, family, cbw2_uvp, bw2_uvp, cbw2_note, n_test,
     n_samples, n_marginal, train_steps, train_seconds, eval_seconds`` (and ``overrides`` when given);
+    ``family`` is :func:`pair_family`'s (``draft-recipe``, ``rotated``, ``official`` or None);
     on the Gaussian problem, for ``exact`` and bridge methods, also ``cross_cov_err``
     (:func:`cross_cov_error`, 10⁵ pairs).
     """
@@ -174,9 +191,10 @@ def run_bench(problem: str, method: str = "exact", dim: int = 2, eps: float = 1.
     for name, v in (("n_train", n_train), ("nfe", nfe if nfe is not None else 1)):
         if v < 1:
             raise SbdiffError(f"{name} must be at least 1, got {v}")
-    pair = make_problem(problem, dim, eps, seed, official_dir)
+    pair = make_problem(problem, dim, eps, seed, official_dir, family)
     row = {"problem": problem, "method": method, "dim": int(dim), "eps": float(eps), "seed": int(seed),
-           "cbw2_uvp": None, "bw2_uvp": None, "cbw2_note": None, "train_steps": 0, "train_seconds": 0.0}
+           "family": pair_family(problem, family, official_dir), "cbw2_uvp": None, "bw2_uvp": None,
+           "cbw2_note": None, "train_steps": 0, "train_seconds": 0.0}
     sizes = dict(n_test=n_test, n_samples=n_samples, n_marginal=n_marginal, seed=seed)
     sampler = None
     if method == "exact":
@@ -250,14 +268,14 @@ def _fmt(v) -> str:
 
 
 def format_table(rows: list[dict], header: bool = True) -> list[str]:
-    """Markdown table lines for result rows."""
+    """Markdown table lines for result rows (the last column: the row's pair family)."""
     lines = []
     if header:
-        lines.append("| problem | method | D | eps | cBW2-UVP % | BW2-UVP % | test x × samples | marginal samples | train steps | train s | C_σ err % |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("| problem | method | D | eps | cBW2-UVP % | BW2-UVP % | test x × samples | marginal samples | train steps | train s | C_σ err % | pairs |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         test = f"{r['n_test']}×{r['n_samples']}" if r.get("n_test") else "—"
         lines.append(f"| {r['problem']} | {r['method']} | {r['dim']} | {r['eps']:g} | {_fmt(r['cbw2_uvp'])} | "
                      f"{_fmt(r['bw2_uvp'])} | {test} | {r['n_marginal']} | {r['train_steps']} | {r['train_seconds']} | "
-                     f"{_fmt(r.get('cross_cov_err'))} |")
+                     f"{_fmt(r.get('cross_cov_err'))} | {r.get('family') or '—'} |")
     return lines

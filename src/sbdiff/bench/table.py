@@ -6,10 +6,12 @@ samples and the same wall-clock budget, scored by the same protocol (:func:`run_
 at most the cell it was in and resumes from the cells already done:
 
 * ``eot_table.json`` — ``{"settings": {...}, "rows": [...]}``: one :func:`run_bench` row per
-  (solver, D, eps), the ``exact`` rows being the protocol's noise floor;
+  (solver, D, eps), the ``exact`` rows being the protocol's noise floor; the settings and every row
+  name the pair family (``draft-recipe`` by default, ``rotated``, or ``official``);
 * ``eot_table.md`` — the markdown table (cBW2-UVP per cell and solver beside the floor, the winner
-  and its ratio to the runner-up; then every row in full);
-* ``eot_table.png`` — cBW2-UVP per cell and solver (log scale), the floor drawn as a dashed line.
+  and its ratio to the runner-up; then every row in full; then the pair family);
+* ``eot_table.png`` — cBW2-UVP per cell and solver (log scale), the floor drawn as a dashed line,
+  the pair family in the title.
 
 Used by ``benchmarks/eot_table.py``.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from .._utils import SbdiffError
 from ..checkpoint import atomic_write_text
-from .runner import run_bench
+from .eot import DEFAULT_FAMILY
+from .runner import pair_family, run_bench
 
 __all__ = ["run_table", "format_comparison", "plot_comparison", "DEFAULT_SOLVERS", "DEFAULT_CELLS"]
 
@@ -32,8 +35,8 @@ DEFAULT_SOLVERS = ("dsb", "sbfbsde", "sf2m")
 #: The eps = 1 row at D = 2, 16, 64.
 DEFAULT_CELLS = ((2, 1.0), (16, 1.0), (64, 1.0))
 _FILES = ("eot_table.json", "eot_table.md", "eot_table.png")
-_SETTINGS = ("minutes", "steps", "seed", "n_test", "n_samples", "n_marginal", "n_train", "nfe", "official_dir",
-             "overrides")
+_SETTINGS = ("family", "minutes", "steps", "seed", "n_test", "n_samples", "n_marginal", "n_train", "nfe",
+             "official_dir", "overrides")
 
 
 def _key(row: dict) -> tuple:
@@ -72,20 +75,23 @@ def _check_cells(solvers, cells) -> tuple[list[str], list[tuple[int, float]]]:
 def run_table(out_dir, solvers=DEFAULT_SOLVERS, cells=DEFAULT_CELLS, *, minutes: float | None = 5.0,
               steps: int | None = None, seed: int = 0, n_test: int = 1000, n_samples: int = 1000,
               n_marginal: int = 10_000, n_train: int = 50_000, nfe: int | None = None, official_dir=None,
-              overrides: dict | None = None, progress: bool = True, log=print) -> dict:
+              family: str = DEFAULT_FAMILY, overrides: dict | None = None, progress: bool = True,
+              log=print) -> dict:
     """Train and score every solver on every cell of the ``eot`` problem; resume a killed sweep.
 
     Parameters
     ----------
     out_dir : path
         Where the JSON, markdown and PNG go (created). A JSON already there is resumed: its rows are
-        kept and their (solver, D, eps) skipped, provided it was written with the same settings.
+        kept and their (solver, D, eps) skipped, provided it was written with the same settings (a
+        table written before the pair families existed counts as ``rotated``, or ``official``).
     solvers : list of str
         sbdiff method names and peer names (``sf2m``); default :data:`DEFAULT_SOLVERS`.
     cells : list of (D, eps)
         Default :data:`DEFAULT_CELLS`.
-    minutes, steps, seed, n_test, n_samples, n_marginal, n_train, nfe, official_dir, overrides :
-        As :func:`~sbdiff.bench.runner.run_bench`; the same for every solver and cell.
+    minutes, steps, seed, n_test, n_samples, n_marginal, n_train, nfe, official_dir, family, overrides :
+        As :func:`~sbdiff.bench.runner.run_bench`; the same for every solver and cell. ``family``:
+        the pair family, ``draft-recipe`` (default) or ``rotated`` (not used with ``official_dir``).
     progress : bool
         Training progress bars (one line per cell is logged regardless, through ``log``).
 
@@ -93,11 +99,12 @@ def run_table(out_dir, solvers=DEFAULT_SOLVERS, cells=DEFAULT_CELLS, *, minutes:
     -------
     dict ``{"settings": {...}, "rows": [...]}`` (the JSON written).
     """
+    label = pair_family("eot", family, official_dir)
     solvers, cells = _check_cells(solvers, cells)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"minutes": minutes, "steps": steps, "seed": seed, "n_test": n_test, "n_samples": n_samples,
-                "n_marginal": n_marginal, "n_train": n_train, "nfe": nfe,
+    settings = {"family": label, "minutes": minutes, "steps": steps, "seed": seed, "n_test": n_test,
+                "n_samples": n_samples, "n_marginal": n_marginal, "n_train": n_train, "nfe": nfe,
                 "official_dir": None if official_dir is None else str(official_dir), "overrides": overrides or {}}
     path = out / _FILES[0]
     state = {"settings": settings, "rows": []}
@@ -109,15 +116,19 @@ def run_table(out_dir, solvers=DEFAULT_SOLVERS, cells=DEFAULT_CELLS, *, minutes:
             keys = [_key(r) for r in rows]
         except (ValueError, KeyError, TypeError):
             raise SbdiffError(f"{path} is not a table this harness wrote: move it away or choose another out_dir") from None
+        if isinstance(old, dict) and "family" not in old:  # written before the families: sbdiff's first draw
+            old["family"] = "rotated" if old.get("official_dir") is None else "official"
         diff = [k for k in _SETTINGS if old.get(k) != settings[k]]
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {settings[k]!r} now" for k in diff)
             raise SbdiffError(f"{path} was written with other settings ({what}); "
                               "resume with the same settings or choose another out_dir")
         log(f"resuming {path}: {len(keys)} rows done")
+        state["settings"] = settings
     done = {_key(r) for r in state["rows"]}
     todo = [(m, d, e) for d, e in cells for m in ["exact"] + solvers]
     kw = {k: settings[k] for k in ("seed", "n_test", "n_samples", "n_marginal", "n_train", "nfe")}
+    kw["family"] = family
     for i, (method, dim, eps) in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] D={dim} eps={eps:g} {'floor' if method == 'exact' else method}"
         if (method, dim, eps) in done:
@@ -153,7 +164,8 @@ def _num(v, fmt: str = ".3f") -> str:
 
 def format_comparison(rows: list[dict], solvers, cells) -> list[str]:
     """Markdown lines: cBW2-UVP [%] per cell (rows) and solver (columns) beside the floor, the winner
-    of each cell with the ratio runner-up / winner, then every row in full."""
+    of each cell with the ratio runner-up / winner, then every row in full, then the rows' pair
+    family (:func:`_families`)."""
     by = {_key(r): r for r in rows}
     lines = ["| D | eps | floor | " + " | ".join(solvers) + " | best | runner-up / best |",
              "|---|---|---|" + "---|" * len(solvers) + "---|---|"]
@@ -175,7 +187,15 @@ def format_comparison(rows: list[dict], solvers, cells) -> list[str]:
                 name = "floor (exact)" if m == "exact" else m
                 lines.append(f"| {name} | {dim} | {eps:g} | {_num(r['cbw2_uvp'])} | {_num(r['bw2_uvp'])} | "
                              f"{r['train_steps']} | {r['train_seconds']} | {r['eval_seconds']} |")
+    fams = _families(rows)
+    if fams:
+        lines += ["", f"Pair family: {fams}."]
     return lines
+
+
+def _families(rows: list[dict]) -> str:
+    """The pair families the rows were measured on, comma-separated ('' when no row says)."""
+    return ", ".join(sorted({str(r["family"]) for r in rows if r.get("family")}))
 
 
 def plot_comparison(rows: list[dict], solvers, cells, path) -> None:
@@ -205,7 +225,9 @@ def plot_comparison(rows: list[dict], solvers, cells, path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("cBW2-UVP [%]")
     ax.legend(fontsize=8)
-    ax.set_title("entropic-OT benchmark: same pair, samples and budget", fontsize=9)
+    fams = _families(rows)
+    ax.set_title("entropic-OT benchmark" + (f" ({fams} pairs)" if fams else "") + ": same pair, samples and budget",
+                 fontsize=9)
     fig.tight_layout()
     tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
