@@ -1,0 +1,285 @@
+"""DSBM: bridge matching by iterative Markovian fitting, and the coupled loop (DESIGN §4.5).
+
+Shi, De Bortoli, Campbell, Doucet, NeurIPS 2023 ("Diffusion Schrödinger Bridge Matching", IMF), and
+Peluchetti, TMLR 2024 (BM², the coupled loop), as the ``neural / bridge matching / alternating``
+preset of the path VAE. Both SDEs have a neural control: the encoder's forward drift ``f + g z_φ``
+and the decoder's backward drift ``f − g ẑ_θ`` (read in forward time).
+
+For a coupling ``π(x0, x1)`` the *reciprocal* path law is the reference's bridges pinned at the pairs
+(:func:`sbdiff.couplings.bridge_sample`). Its Markovian projection has the forward control
+``E[z*(X_t) | X_t]`` and the backward control ``E[ẑ*(X_t) | X_t]`` with the bridge's own controls
+(:func:`sbdiff.couplings.bridge_targets`; for ``brownian(eps)`` on ``[0, 1]``:
+``z* = (x1 − X_t)/(√eps (1 − t))``, ``ẑ* = (x0 − X_t)/(√eps t)``), so each half-step is a plain
+regression on ``(X_t, t)``: drift matching of one network against the reciprocal projection of the
+other's path law. ``t`` is uniform on ``(δ, T − δ)`` and the squared residual is weighted by
+``min(1, 1/V(t))`` with ``V`` the target's variance given the pair (``t/(1 − t)`` forward,
+``(1 − t)/t`` backward for ``brownian``), which keeps the loss's variance bounded near the pinned
+end and leaves each ``t``'s minimiser unchanged.
+
+Schedules (``dsbm.schedule``):
+
+* ``imf`` — the phases of the alternating base (:class:`~sbdiff.methods._alternating.Alternating`).
+  Decoder phase 0 fits the backward drift on bridges of the iteration-0 coupling of the data and the
+  prior (``dsbm.coupling``: ``independent``, or minibatch OT, exact ``ot`` or ``entropic`` with
+  regularisation ``2·eps``: SF²M's coupling, Tong et al. 2024;
+  :func:`sbdiff.couplings.minibatch_coupling`). Then, in turn: an encoder phase fits the forward
+  drift on bridges of pairs ``(x0, x1)`` with ``x1`` drawn from the prior and ``x0`` simulated by the
+  frozen decoder; a decoder phase fits the backward drift on pairs with ``x0`` from the data and
+  ``x1`` simulated by the frozen encoder. Each projection keeps both marginals of the coupling it
+  was fed, so the prior loss (DESIGN §2) is zero in the population limit; the fixed point is the SB.
+* ``coupled`` — both networks in one loop (BM²): each step fits the forward drift on the decoder's
+  cached pairs and the backward drift on the encoder's, the caches simulated by the live networks
+  every ``cache_refresh`` steps (no gradient through them); the first ``first_steps`` steps train both
+  on the iteration-0 coupling.
+
+The caches hold pairs only (``(M, d)`` each); the frozen side is simulated by Euler–Maruyama on the
+uniform grid of ``num_steps`` steps, which is also the SDE grid of ``decode``/``encode``. Modes:
+bridge (``data.prior`` a second data set at ``t = T``) and generative (the reference's prior; with
+``brownian(eps)`` on ``[0, 1]``, ``N(0, eps·I)``): there the probability-flow ODE
+``dx/dt = f + ½ g (z − ẑ)`` (the mean of the forward and the reversed backward drift) gives ``nll``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._utils import SbdiffError
+from ..config import Config, Section
+from ..couplings import COUPLINGS, bridge_sample, bridge_targets, minibatch_coupling
+from ..decoders import NeuralDecoder
+from ..distributed import step_generator
+from ..encoders import NeuralEncoder
+from ..model import PathVAE
+from ..solvers import euler_maruyama, make_grid
+from ._alternating import CACHE_STREAM, Alternating
+from ._schedule import Phase, PhaseSchedule
+from .base import build_network, check_flat, register
+
+__all__ = ["DSBM", "DSBMConfig", "SCHEDULES"]
+
+#: The schedules of ``dsbm.schedule``.
+SCHEDULES = ("imf", "coupled")
+
+
+@dataclass
+class DSBMConfig(Section):
+    """Settings of ``method = "dsbm"``, the ``[dsbm]`` section (DESIGN §4.5; Shi et al. 2023, Peluchetti 2024)."""
+
+    schedule: str = "imf"          # imf (alternating Markovian projections, DSBM) | coupled (both networks in one loop, BM²)
+    coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps)
+    iterations: int = 4            # imf: decoder phases (the encoder is fitted between them); 0: until the budget ends
+    half_steps: int = 5000         # imf: optimiser steps per phase
+    first_steps: int = 0           # imf: steps of decoder phase 0 (0: half_steps); coupled: steps on the coupling before the loop
+    num_steps: int = 100           # Euler-Maruyama steps of the simulated pairs and of decode/encode
+    cache_size: int = 10000        # pairs in each cache
+    cache_refresh: int = 1000      # steps between cache refreshes (0: once per phase; coupled: required)
+    ot_block: int = 512            # rows per minibatch OT problem (ot, entropic)
+    sinkhorn_iters: int = 1000     # iteration cap of Sinkhorn (entropic)
+    lr_final: float = 0.1          # imf: the learning rate decays (cosine) to lr_final * train.lr over each phase
+    time_margin: float = 1e-3      # t is drawn uniformly on (margin T, (1 - margin) T)
+
+
+@register("dsbm")
+class DSBM(Alternating):
+    """Neural encoder and decoder / bridge matching / alternating Markovian projections (IMF) or coupled."""
+
+    settings = DSBMConfig
+    # Like DSB: a phase's EMA weights become the next phase's simulator, so a short horizon; a 128x2 MLP.
+    defaults = {"train.ema_decay": 0.99, "model.hidden": 128, "model.blocks": 2}
+    # decoder, encoder, decoder phases of 4 steps, caches of 64 pairs refreshed every 2 steps
+    smoke = ("[dsbm]\niterations = 2\nhalf_steps = 4\nnum_steps = 4\ncache_size = 64\ncache_refresh = 2\n"
+             "lr_final = 1.0\ncoupling = \"ot\"\not_block = 32\n")
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        d = config.dsbm
+        if d.schedule not in SCHEDULES:
+            raise SbdiffError(f"dsbm.schedule must be one of {', '.join(SCHEDULES)}, got '{d.schedule}'")
+        if d.coupling not in COUPLINGS:
+            raise SbdiffError(f"dsbm.coupling must be one of {', '.join(COUPLINGS)}, got '{d.coupling}'")
+        for name in ("iterations", "first_steps", "cache_refresh"):
+            if getattr(d, name) < 0:
+                raise SbdiffError(f"dsbm.{name} must be >= 0, got {getattr(d, name)}")
+        for name in ("half_steps", "num_steps", "cache_size", "ot_block", "sinkhorn_iters"):
+            if getattr(d, name) < 1:
+                raise SbdiffError(f"dsbm.{name} must be at least 1, got {getattr(d, name)}")
+        if not 0 <= d.lr_final <= 1:
+            raise SbdiffError(f"dsbm.lr_final must lie in [0, 1], got {d.lr_final}")
+        if not 0 < d.time_margin < 0.5:
+            raise SbdiffError(f"dsbm.time_margin must lie in (0, 0.5), got {d.time_margin}")
+        if config.method == cls.name and d.schedule == "coupled" and d.cache_refresh == 0:
+            raise SbdiffError("dsbm.schedule = coupled refreshes its caches every dsbm.cache_refresh steps: set it >= 1")
+
+    @classmethod
+    def schedule_of(cls, config: Config) -> PhaseSchedule | None:
+        """The IMF phases; ``None`` for the coupled loop."""
+        return super().schedule_of(config) if config.dsbm.schedule == "imf" else None
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self._data: Tensor | None = None  # data-side points, data coordinates
+        self._prior_loss: float | None = None  # the KL monitor of the encoder's last simulated ends
+        self._coupling_s: float = 0.0  # seconds of the last iteration-0 coupling draw
+        self._coupled_step: int | None = None  # coupled: the step of begin_step
+
+    # -- model -----------------------------------------------------------------------------------
+    def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
+        cfg = self.config
+        reference = self.make_reference()
+        dim = check_flat(data)
+        t_min = 0.0 if prior is not None else cfg.model.t_min
+        grid = make_grid("uniform", t_min, reference.T, cfg.dsbm.num_steps)
+        model = self.assemble(NeuralEncoder(reference, build_network(cfg, dim, reference.T)),
+                              NeuralDecoder(reference, build_network(cfg, dim, reference.T)), data, prior,
+                              t_min=t_min, sde_grid=grid)
+        self._data = torch.as_tensor(data, dtype=torch.float32)
+        return model
+
+    # -- pairs -------------------------------------------------------------------------------------
+    def _data_points(self, model: PathVAE, n: int, gen: torch.Generator) -> Tensor:
+        device = model.data_mean.device
+        idx = torch.randint(0, len(self._data), (n,), generator=gen, device=device)
+        return model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=gen)
+
+    def _simulate(self, model: PathVAE, part, x: Tensor, forward: bool, gen: torch.Generator) -> Tensor:
+        """The end of ``part``'s SDE (an encoder forward from ``x`` at ``t_min``, a decoder backward
+        from ``x`` at ``T``) by Euler–Maruyama on the model's grid, noise in every step."""
+        ts = model.sde_grid.to(device=x.device, dtype=x.dtype)
+        return euler_maruyama(part.drift, model.reference.g, x, ts if forward else ts.flip(0), generator=gen,
+                              noise_last=True)
+
+    def _coupling_pairs(self, model: PathVAE, n: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """``n`` pairs of the iteration-0 coupling of the data and the prior (``dsbm.coupling``)."""
+        s = self.config.dsbm
+        x0 = self._data_points(model, n, gen)
+        x1 = model.prior_model_points(n, generator=gen)
+        start = time.perf_counter()
+        eps = float(getattr(model.reference, "eps", 1.0))
+        j = minibatch_coupling(x0, x1, s.coupling, eps=eps, block=s.ot_block, max_iter=s.sinkhorn_iters, generator=gen)
+        self._coupling_s = time.perf_counter() - start
+        return {"x0": x0, "x1": x1[j]}
+
+    @torch.no_grad()
+    def _encoder_pairs(self, model: PathVAE, encoder, n: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Pairs of the encoder's path law: ``x0`` from the data, ``x1`` its simulated end (the
+        prior-loss monitor is measured on these ends)."""
+        x0 = self._data_points(model, n, gen)
+        x1 = self._simulate(model, encoder, x0, True, gen)
+        self._prior_loss = float(self.prior_kl(model, x1))
+        return {"x0": x0, "x1": x1}
+
+    @torch.no_grad()
+    def _decoder_pairs(self, model: PathVAE, decoder, n: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Pairs of the decoder's path law: ``x1`` from the prior, ``x0`` its simulated end."""
+        x1 = model.prior_model_points(n, generator=gen)
+        return {"x0": self._simulate(model, decoder, x1, False, gen), "x1": x1}
+
+    @torch.no_grad()
+    def simulate(self, model: PathVAE, frozen, phase: Phase, generator: torch.Generator) -> dict[str, Tensor]:
+        """The pairs of ``phase``: the iteration-0 coupling (decoder phase 0), the frozen encoder's
+        (decoder phases) or the frozen decoder's (encoder phases); ``dsbm.cache_size`` of them."""
+        n = self.config.dsbm.cache_size
+        if phase.index == 0:
+            return self._coupling_pairs(model, n, generator)
+        if phase.role == "decoder":
+            return self._encoder_pairs(model, frozen, n, generator)
+        return self._decoder_pairs(model, frozen, n, generator)
+
+    # -- the coupled loop -------------------------------------------------------------------------
+    def begin_step(self, model: PathVAE, step: int) -> None:
+        if self.schedule is not None:
+            return super().begin_step(model, step)
+        s = self.config.dsbm
+        self._coupled_step = step
+        warm = step < s.first_steps
+        start = 0 if warm else s.first_steps
+        due = start + (step - start) // s.cache_refresh * s.cache_refresh
+        if self.cache is not None and self._cache_step == due:
+            device = model.data_mean.device  # a resumed cache comes back on the CPU
+            self.cache = {k: {n: v.to(device) for n, v in pairs.items()} for k, pairs in self.cache.items()}
+            return
+        gen = step_generator(self.config.seed, due, CACHE_STREAM, model.data_mean.device)
+        if warm:
+            pairs = self._coupling_pairs(model, s.cache_size, gen)
+            self.cache = {"decoder": pairs, "encoder": pairs}
+        else:
+            self.cache = {"decoder": self._encoder_pairs(model, model.encoder, s.cache_size, gen),
+                          "encoder": self._decoder_pairs(model, model.decoder, s.cache_size, gen)}
+        self._cache_step = due
+
+    # -- losses ------------------------------------------------------------------------------------
+    def _matching(self, model: PathVAE, pairs: dict[str, Tensor], B: int, generator: torch.Generator,
+                  role: str) -> Tensor:
+        """Bridge matching of one network on ``B`` pairs of ``pairs``: the weighted squared residual of
+        its control against the bridge's (:func:`sbdiff.couplings.bridge_targets`), summed over
+        coordinates, mean over the batch."""
+        x0, x1 = pairs["x0"], pairs["x1"]
+        m = torch.randint(0, len(x0), (B,), generator=generator, device=x0.device)
+        x0, x1 = x0[m], x1[m]
+        T, margin = model.reference.T, self.config.dsbm.time_margin
+        t = (margin + (1 - 2 * margin) * torch.rand(B, generator=generator, device=x0.device, dtype=x0.dtype)) * T
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = bridge_sample(model.reference, x0, x1, t, noise)
+        z, zhat, w_f, w_b = bridge_targets(model.reference, x0, x1, x_t, t)
+        if role == "encoder":
+            res, w = model.encoder.net(x_t, t) - z, w_f
+        else:
+            res, w = model.decoder.net(x_t, t) - zhat, w_b
+        return (w * res.pow(2).reshape(B, -1).sum(1)).mean()
+
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Bridge matching on ``batch.shape[0]`` pairs of the cache (the data batch itself is not
+        used: the cache holds the pairs). ``imf``: the network of the phase; ``coupled``: both."""
+        B = batch.shape[0]
+        if self.schedule is None:
+            if self.cache is None:
+                raise RuntimeError("dsbm: losses called before begin_step (the training loop draws the cache)")
+            dec = self._matching(model, self.cache["decoder"], B, generator, "decoder")
+            enc = self._matching(model, self.cache["encoder"], B, generator, "encoder")
+            res = {"loss": dec + enc, "drift_matching": dec.detach(), "encoder_matching": enc.detach()}
+        else:
+            phase, cache = self._require_cache()
+            loss = self._matching(model, cache, B, generator, phase.role)
+            key = "drift_matching" if phase.role == "decoder" else "encoder_matching"
+            res = {"loss": loss, key: loss.detach(),
+                   "ipf_iteration": torch.tensor(float(phase.iteration), device=loss.device)}
+        device = res["loss"].device
+        if self._prior_loss is not None:
+            res["prior_loss"] = torch.tensor(self._prior_loss, device=device)
+        refresh = self.config.dsbm.cache_refresh
+        res["coupling_ms_per_step"] = torch.tensor(1e3 * self._coupling_s / max(refresh, 1), device=device)
+        return res
+
+    @torch.no_grad()
+    def prior_loss(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.tensor(float("nan") if self._prior_loss is None else self._prior_loss)
+
+    def progress_info(self, step: int) -> dict[str, str]:
+        if self.schedule is None:
+            return {"coupled": "warm" if step < self.config.dsbm.first_steps else "loop"}
+        return super().progress_info(step)
+
+    # -- checkpoint state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The prior-loss monitor; ``coupled``: also the caches and their step (they were simulated by
+        networks that have trained since). ``imf`` redraws its cache from its seed and the frozen
+        side's averaged weights, which the checkpoint holds."""
+        state = {"prior_loss": self._prior_loss if self._prior_loss is not None else float("nan")}
+        if self.schedule is None and self.cache is not None:
+            state["cache"] = {k: dict(v) for k, v in self.cache.items()}
+            state["cache_step"] = self._cache_step
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        pl = float(state.get("prior_loss", float("nan")))
+        self._prior_loss = None if math.isnan(pl) else pl
+        if self.schedule is None and "cache" in state:
+            self.cache = {k: dict(v) for k, v in state["cache"].items()}
+            self._cache_step = int(state["cache_step"])
