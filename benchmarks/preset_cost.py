@@ -7,7 +7,7 @@
 The problem is the EOT pair ``sbdiff.bench.eot.make_pair(dim, 1.0, family="rotated")`` (the family of
 the recorded results), trained exactly as the bench harness does (``sbdiff.bench.runner._train``,
 called here): ``sgm`` and ``vsdm`` on target samples
-with their Gaussian prior, ``dsb`` and ``sbfbsde`` as bridges from the source samples (reference
+with their Gaussian prior, ``dsb``, ``sbfbsde`` and ``dsbm`` as bridges from the source samples (reference
 ``brownian(1.0)``, ``data.normalize = false``). Every method gets the same network (overrides
 ``model.hidden/blocks``, default 128 × 2, the width DSB and SB-FBSDE resolve by default, and
 ``sbfbsde.hidden = 0``; the child refuses a run whose resolved width differs), batch, seed and wall-clock budget
@@ -52,7 +52,7 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("sgm", "dsb", "vsdm", "sbfbsde")
+METHODS = ("sgm", "dsb", "vsdm", "sbfbsde", "dsbm")
 
 
 def _rss_mib() -> float:
@@ -96,6 +96,7 @@ def child(a: argparse.Namespace) -> dict:
     base = _rss_mib()
     overrides = {"model": {"hidden": a.hidden, "blocks": a.blocks},
                  "sbfbsde": {"hidden": 0, "half_steps": a.phase_steps}, "dsb": {"half_steps": a.phase_steps},
+                 "dsbm": {"half_steps": a.phase_steps},
                  "train": {"log_every": a.log_every, "checkpoint_every": 0, "checkpoint_minutes": 0.0}}
     with tempfile.TemporaryDirectory(prefix="sbdiff-cost-") as tmp:
         run = Path(tmp) / "run"  # a run directory, so that fit writes metrics.jsonl
@@ -151,7 +152,7 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=50_000, help="training samples of each side")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--phase-steps", type=int, default=1000,
-                   help="steps per half-bridge of dsb and sbfbsde (their defaults: 5000, 2000), so that the "
+                   help="steps per half-bridge of dsb, sbfbsde and dsbm (their defaults: 5000, 2000, 5000), so that the "
                         "budget covers several phases of both kinds")
     p.add_argument("--within", type=float, default=0.1, help="steps-to criterion: share of the decrease left")
     p.add_argument("--smooth", type=int, default=5, help="log points of the trailing mean of the loss")
