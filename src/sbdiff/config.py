@@ -38,7 +38,7 @@ unet_dropout = 0.0
 
 [train]
 steps = 20000           # 0: no step limit (then set max_minutes)
-max_minutes = 0.0       # 0: no time limit
+max_minutes = 0.0       # 0: no time limit; the alternating presets fit their phases to it (docs/presets.md)
 batch_size = 512
 lr = 0.001
 warmup = 200

@@ -30,6 +30,20 @@ Fault tolerance
 * A write failure (full disk, read-only directory) leaves the previous checkpoint intact and stops
   with :class:`~sbdiff.checkpoint.CheckpointWriteError`.
 
+Time budget
+-----------
+``train.max_minutes`` stops training when the run's training time reaches it. A method with a
+schedule of its own (:meth:`~sbdiff.methods.Method.plan_window`: the alternating presets) is also
+fitted to it, once (:class:`_BudgetProbe`): the loop times the steps of the method's window
+(:data:`PROBE_SHARE` of the budget, in whole cycles of its periodic costs such as cache refreshes), then
+asks the method to fit its schedule to ``step + PLAN_MARGIN × (time left) / (seconds per step)``
+steps (capped by ``train.steps``; :meth:`~sbdiff.methods.Method.plan_budget`), so the run ends by its
+schedule, e.g. on a finished decoder phase with its learning rate decayed, just before the budget.
+The plan is in the checkpoint's metadata (``plan``; a checkpoint is written right after it) and a
+resume takes it again (:meth:`~sbdiff.methods.Method.apply_plan`) instead of timing anew, so it
+continues bit for bit; it is also logged in the next ``metrics.jsonl`` row (``budget_plan``) and in one
+line on stderr. The time limit stays a hard stop. Step budgets alone are never planned.
+
 Randomness, shards and DDP
 --------------------------
 The random numbers of step ``k`` (0-based) come from generators seeded by ``(seed, k, stream)``
@@ -104,6 +118,19 @@ RESUMES_FILE = "resumes.jsonl"
 BATCH_STREAM = 0
 LOSS_STREAM = 1
 PRIOR_LOSS_STREAM = 999
+
+#: A time budget's plan (:class:`_BudgetProbe`): the share of ``train.max_minutes`` timed before the
+#: plan (then up to the end of a cycle of the method's periodic costs), the share after which it is
+#: made at once (and before which a plan on steps outside the method's window is not made: a plan that
+#: ends too early cannot be undone, so it waits for a long measurement), and the share of the time left
+#: that the plan fills. The timed steps hold whole cycles (cache draws, log rows), so what is left to
+#: the margin is the difference in cost between phases (DSB's encoder and decoder phases cost the
+#: same; SB-FBSDE's warm start, much cheaper, is not timed), the checkpoints at phase ends and the
+#: machine's noise; a run that overshoots a little is stopped by the time limit in its last decoder
+#: phase, where the rate is near ``lr_final`` already.
+PROBE_SHARE = 0.04
+PROBE_MAX_SHARE = 0.3
+PLAN_MARGIN = 0.95
 
 #: Config keys a resume may change without ``allow_config_change``: they set when training stops,
 #: when checkpoints are written and how samples are drawn, never what a step computes.
@@ -297,6 +324,15 @@ def _agree_stop(reason: str | None, env: distributed.DistEnv, device: torch.devi
     return "signal" if flags[0] > 0 else ("time" if flags[1] > 0 else None)
 
 
+def _agree_max(values: list[float], env: distributed.DistEnv, device: torch.device) -> list[float]:
+    """The largest of each value over the ranks (timings a decision is based on)."""
+    if not env.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
 def _compile_networks(model: PathVAE) -> None:
     """``torch.compile`` each network of the model in place (:meth:`~sbdiff.model.PathVAE.networks`,
     whatever its class; ``nn.Module.compile``: state-dict keys unchanged)."""
@@ -333,6 +369,10 @@ class LoopState:
     phase_updates : int
         EMA updates since the frozen set last changed (``train.phase_average``: the restarted average's
         count).
+    plan : dict or None
+        The time budget's plan (:class:`_BudgetProbe`): ``method`` (what ``Method.plan_budget``
+        returned), ``total_steps``, ``at_step``, ``seconds_per_step``, ``budget_s``; in the metadata
+        only once made.
     started : float
         ``time.monotonic()`` when this session's training began (not saved).
     """
@@ -345,6 +385,7 @@ class LoopState:
     skipped: int = 0
     streak: int = 0
     phase_updates: int = 0
+    plan: dict | None = None
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -353,9 +394,10 @@ class LoopState:
 
     def to_meta(self) -> dict:
         """The checkpoint metadata of this state (``elapsed_s``: the whole run's seconds up to now)."""
-        return {"step": self.step, "elapsed_s": self.elapsed(), "last": self.last, "log_sums": self.log_sums,
+        meta = {"step": self.step, "elapsed_s": self.elapsed(), "last": self.last, "log_sums": self.log_sums,
                 "log_count": self.log_count, "skipped": self.skipped, "streak": self.streak,
                 "phase_updates": self.phase_updates}
+        return meta if self.plan is None else {**meta, "plan": self.plan}
 
     @classmethod
     def from_meta(cls, meta: dict) -> LoopState:
@@ -368,7 +410,7 @@ class LoopState:
         sums = {k: tuple(v) if isinstance(v, list) else (v, count) for k, v in meta["log_sums"].items()}
         return cls(step=meta["step"], elapsed_s=meta["elapsed_s"], last=meta["last"], log_sums=sums,
                    log_count=count, skipped=meta["skipped"], streak=meta["streak"],
-                   phase_updates=meta.get("phase_updates", 0))
+                   phase_updates=meta.get("phase_updates", 0), plan=meta.get("plan"))
 
 
 @dataclass
@@ -475,6 +517,75 @@ def _open_outputs(s: _Session, state: LoopState, max_steps: int | None, progress
     state.started = s.saved_at = time.monotonic()
 
 
+def _max_steps(config: Config, method: Method) -> int | None:
+    """The step count training stops at: the smaller of ``train.steps`` and the method's schedule."""
+    return min([n for n in (config.train.steps, method.max_steps()) if n], default=None)
+
+
+class _BudgetProbe:
+    """Fits the method's schedule to ``train.max_minutes`` once (module docstring, "Time budget").
+
+    It times the steps of the method's :class:`~sbdiff.methods.PlanWindow` (whole loop iterations:
+    cache draws, log rows and checkpoints included), from the end of the window's first step and of
+    the session's (start-up costs, the phase's first cache: the timed cycles of ``every`` steps then
+    hold one cache draw each), and plans after :data:`PROBE_SHARE` of the budget at the end of a
+    cycle, at once after :data:`PROBE_MAX_SHARE`, at the latest at the window's ``last`` step. Before
+    the window (the steps of a warm start) it plans only when, after :data:`PROBE_MAX_SHARE`, the
+    budget ends before the window at their rate. The timings are agreed over DDP ranks (their
+    maximum), so every rank takes the same plan. Inactive without a time budget, for a method without
+    a window, and on a resume that restored a plan.
+    """
+
+    def __init__(self, s: _Session, state: LoopState, budget: float, progress: bool):
+        planning = math.isfinite(budget) and state.plan is None
+        self.window = s.method.plan_window(state.step) if planning else None
+        self.budget, self.progress = budget, progress
+        self.session = (time.monotonic(), state.step)
+        self.timed: tuple[float, int] | None = None  # (clock, step) where the timed steps begin
+
+    def after_step(self, s: _Session, state: LoopState) -> bool:
+        """Called after every step; True when the schedule was planned now."""
+        w, k = self.window, state.step
+        if w is None:
+            return False
+        if self.timed is None or k == w.start + 1:
+            self.timed = (time.monotonic(), k)
+            if k < w.last:
+                return False
+        t0, k0 = self.timed if k > self.timed[1] else self.session  # (a window of one step: the session's)
+        took, elapsed = _agree_max([time.monotonic() - t0, state.elapsed()], s.env, s.device)
+        rate = max(took, 1e-9) / (k - k0)
+        total = k + int(PLAN_MARGIN * max(self.budget - elapsed, 0.0) / rate)
+        if s.config.train.steps:
+            total = max(min(total, s.config.train.steps), k)
+        if k <= w.start:  # not the window's steps: plan on them only when the budget ends before the window
+            due = took >= PROBE_MAX_SHARE * self.budget and total < w.start
+        else:
+            due = k >= w.last or took >= PROBE_MAX_SHARE * self.budget or (
+                took >= PROBE_SHARE * self.budget and (k - k0) % w.every == 0)
+        return due and self._plan(s, state, total, rate)
+
+    def _plan(self, s: _Session, state: LoopState, total: int, rate: float) -> bool:
+        self.window = None
+        plan = s.method.plan_budget(total, state.step)
+        if plan is None:
+            return False
+        state.plan = {"method": plan, "total_steps": total, "at_step": state.step, "seconds_per_step": rate,
+                      "budget_s": self.budget}
+        _reset_lr(s.sched)  # the next step's rate under the fitted schedule
+        if s.writer and self.progress:
+            tqdm.write(f"sbdiff: budget plan after {state.step} steps at {1e3 * rate:.1f} ms/step: "
+                       f"{plan.get('summary', total)}", file=sys.stderr)
+        return True
+
+
+def _reset_lr(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set the next step's learning rate from the scheduler's base rates and factors (after either changed)."""
+    for g, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        g["lr"] = base * fn(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
 # -- the loop -------------------------------------------------------------------------------------
 def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray | None = None,
         progress: bool = True, resume: bool = False, allow_config_change: bool = False) -> TrainResult:
@@ -482,6 +593,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
 
     Stops after ``train.steps`` steps or ``train.max_minutes`` minutes of training, whichever comes
     first (0 disables either), then saves weights and a final checkpoint to ``run_dir`` (if given).
+    With ``train.max_minutes`` a method with a schedule of its own fits it to the budget after timing
+    its first steps (module docstring, "Time budget").
 
     Parameters
     ----------
@@ -524,8 +637,9 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
 
     tc = config.train
     budget = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
-    max_steps = min([n for n in (tc.steps, method.max_steps()) if n], default=None)
+    max_steps = _max_steps(config, method)
     _open_outputs(s, state, max_steps, progress)
+    probe = _BudgetProbe(s, state, budget, progress)
     stopped_by = "steps"
     try:
         with _StopSignals(run_dir is not None) as signals:
@@ -537,9 +651,12 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                     break
                 idx = _train_step(s, state)
                 s.bar.update(1)
+                planned = probe.after_step(s, state)
+                if planned:
+                    max_steps = s.bar.total = _max_steps(config, method)
                 if state.step % tc.log_every == 0 or state.step == max_steps:
                     _log_row(s, state, idx)
-                if _checkpoint_due(s, state):
+                if (planned and s.writer) or _checkpoint_due(s, state):  # the plan is on disk at once
                     _save_checkpoint(s, state)
             _end_loop(s, state, stopped_by, signals)
     finally:
@@ -681,8 +798,9 @@ def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
 
     The row holds the means of the losses since the last row, the method's ``prior_loss`` monitor
     on the step's batch ``s.x[idx]`` when the losses do not carry it (writing rank only; stream
-    :data:`PRIOR_LOSS_STREAM` of the step), the learning rate, the elapsed seconds and the count of
-    skipped steps (if any). It becomes ``state.last``; the progress bar shows its loss.
+    :data:`PRIOR_LOSS_STREAM` of the step), the learning rate, the elapsed seconds, the count of
+    skipped steps (if any) and, in the first row after it, the time budget's plan (``budget_plan``).
+    It becomes ``state.last``; the progress bar shows its loss.
 
     Parameters
     ----------
@@ -703,6 +821,8 @@ def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
     last["elapsed_s"] = round(state.elapsed(), 3)
     if state.skipped:
         last["skipped_nonfinite"] = state.skipped
+    if state.plan is not None and state.last.get("step", -1) < state.plan["at_step"]:
+        last["budget_plan"] = state.plan
     if s.metrics_fh is not None:
         try:
             s.metrics_fh.write(json.dumps(last) + "\n")
@@ -850,12 +970,14 @@ def _restore(ckpt, model, ema, opt, sched, method, config: Config, run_dir: Path
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0]
         raise SbdiffError(f"the checkpoint in {run_dir} does not fit the model of this config ({first})") from None
+    if meta.get("plan"):  # the time budget's plan (before the rate below is computed from the schedule)
+        method.apply_plan(meta["plan"]["method"])
     lr = config.train.lr
     if any(g["initial_lr"] != lr for g in opt.param_groups):  # train.lr changed (allowed): new base rate
         sched.base_lrs = [lr] * len(opt.param_groups)
-        for g, fn in zip(opt.param_groups, sched.lr_lambdas):
-            g["initial_lr"], g["lr"] = lr, lr * fn(sched.last_epoch)
-        sched._last_lr = [g["lr"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["initial_lr"] = lr
+        _reset_lr(sched)
     method.load_state_dict(state["method"])
     restore_rng(state["rng"])
     return meta

@@ -18,6 +18,15 @@ trainer hands the method a copy of the averaged model (:meth:`~sbdiff.methods.Me
 frozen network's averaged weights at the end of its phase, from which the other network's training
 paths are simulated. Only the trainer writes the EMA.
 
+A time budget (``train.max_minutes``): the trainer times the first steps and calls
+:meth:`Alternating.plan_budget` once with the steps the budget allows; the schedule is then fitted to
+them (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`: finite, ending on a decoder phase with
+its learning rate decayed) and the plan is kept in the checkpoint, so a resume takes the same
+schedule (:meth:`Alternating.apply_plan`). The timed steps are those of the first decoder phase, or of
+the first encoder phase when the first decoder phase trains without simulated paths (a warm start,
+:meth:`Alternating.needs_cache`; cheaper per step than the rest), in whole cycles of ``cache_refresh``
+steps (each holding one cache draw).
+
 The cache of phase ``p`` is drawn at the steps ``due = p.start + j·cache_refresh`` (once per phase when
 ``cache_refresh = 0``) from a generator seeded by ``(seed, due, CACHE_STREAM)``, so a resumed run (or
 another DDP rank) redraws it exactly.
@@ -25,6 +34,7 @@ another DDP rank) redraws it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -33,7 +43,7 @@ from ..config import Config
 from ..distributed import step_generator
 from ..model import PathVAE
 from ._schedule import OPEN, Phase, PhaseSchedule
-from .base import Method
+from .base import Method, PlanWindow
 
 __all__ = ["Alternating", "CACHE_STREAM"]
 
@@ -76,11 +86,36 @@ class Alternating(Method):
     def max_steps(self) -> int | None:
         return None if self.schedule is None else self.schedule.total_steps()
 
+    def plan_window(self, step: int) -> PlanWindow | None:
+        """Time the first decoder phase, or the first encoder phase after a first decoder phase without
+        simulated paths (a warm start), in whole cycles of ``cache_refresh`` steps; the plan is due by
+        the end of that phase (module docstring)."""
+        schedule = self.schedule
+        if schedule is None:
+            return None
+        warm = not self.needs_cache(schedule.phase(0)) and schedule.encoder_phases != 0
+        start = schedule.first if warm else 0
+        last = schedule.phase(start).end
+        refresh = getattr(self.config, self.name).cache_refresh
+        return PlanWindow(start, refresh or 1, last) if step < last else None  # a session from `last` on: too late
+
+    def plan_budget(self, total_steps: int, step: int) -> dict:
+        """Fit the schedule to ``total_steps`` (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`)."""
+        schedule = self.schedule.fit_to(total_steps, step)
+        kept = " (the configured schedule fits)" if schedule is self.schedule else ""
+        plan = {"schedule": dataclasses.asdict(schedule), "summary": schedule.describe() + kept}
+        self.apply_plan(plan)
+        return plan
+
+    def apply_plan(self, plan: dict) -> None:
+        self.schedule = PhaseSchedule(**plan["schedule"])
+
     def lr_factor(self, step: int) -> float:
         """Cosine decay from 1 to ``lr_final`` over each phase: the regression targets are noisy, and a
         decaying rate averages the noise out before the network is frozen for the next phase. An
         open-ended last decoder phase (after ``freeze_encoder``) decays over ``half_steps`` and then
-        stays at ``lr_final``; without a schedule the rate stays at 1."""
+        stays at ``lr_final`` (a schedule fitted to a time budget has none: its last decoder phase
+        decays over its whole length); without a schedule the rate stays at 1."""
         if self.schedule is None:
             return 1.0
         s = getattr(self.config, self.name)

@@ -6,11 +6,15 @@ reference, i.e. the score model of the foundation) may be longer, encoder phases
 of their own, and the encoder may stop being fitted after some phases (the decoder phase after the
 last one then runs until training stops). A finite schedule ends after the decoder phase of its last
 iteration, so the last network fitted is the decoder that generates.
+
+Under a time budget (``train.max_minutes``) the trainer fits the schedule to the steps the budget
+allows, once, after timing the first steps (:meth:`PhaseSchedule.fit_to`; the trainer's side is in
+:mod:`sbdiff.train`): the fitted schedule is finite and ends on a decoder phase at that count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .._utils import SbdiffError
 
@@ -53,6 +57,9 @@ class PhaseSchedule:
     freeze_encoder : int
         Fit the encoder in this many phases only; the decoder phase after the last one then runs
         until training stops (0: no freeze).
+    last_steps : int
+        Steps of the last decoder phase of a finite schedule with encoder phases (0: ``half_steps``);
+        set by :meth:`fit_to`.
     """
 
     iterations: int
@@ -60,13 +67,15 @@ class PhaseSchedule:
     first_steps: int = 0
     encoder_steps: int = 0
     freeze_encoder: int = 0
+    last_steps: int = 0
 
     def __post_init__(self):
         if (self.iterations < 0 or self.half_steps < 1 or self.first_steps < 0 or self.encoder_steps < 0
-                or self.freeze_encoder < 0):
+                or self.freeze_encoder < 0 or self.last_steps < 0):
             raise SbdiffError(f"bad alternating schedule: iterations {self.iterations} (>= 0), half_steps "
-                              f"{self.half_steps} (>= 1), first_steps, encoder_steps, freeze_encoder "
-                              f"({self.first_steps}, {self.encoder_steps}, {self.freeze_encoder}; >= 0)")
+                              f"{self.half_steps} (>= 1), first_steps, encoder_steps, freeze_encoder, last_steps "
+                              f"({self.first_steps}, {self.encoder_steps}, {self.freeze_encoder}, "
+                              f"{self.last_steps}; >= 0)")
 
     @property
     def first(self) -> int:
@@ -75,6 +84,11 @@ class PhaseSchedule:
     @property
     def enc(self) -> int:
         return self.encoder_steps or self.half_steps
+
+    @property
+    def last(self) -> int:
+        """Steps of the last decoder phase after the first (of a finite schedule)."""
+        return self.last_steps or self.half_steps
 
     @property
     def encoder_phases(self) -> int | None:
@@ -95,26 +109,70 @@ class PhaseSchedule:
         n = self.encoder_phases
         if n is None or self.open_ended:
             return None
-        return self.first + n * (self.enc + self.half_steps)
+        return self.first + n * (self.enc + self.half_steps) + (self.last - self.half_steps if n else 0)
 
     def phase(self, step: int) -> Phase:
         """The phase of step ``step`` (0-based); past a finite schedule's end, its last decoder phase."""
         n_enc = self.encoder_phases
-        last_end = None if (n_enc is None or self.open_ended) else self.first + n_enc * (self.enc + self.half_steps)
-        if step < self.first:
-            end = OPEN if (n_enc == 0 and self.open_ended) else self.first
-            return Phase(0, "decoder", 0, end)
+        if step < self.first or n_enc == 0:
+            return Phase(0, "decoder", 0, self.first)
         pair = self.enc + self.half_steps
         n, r = divmod(step - self.first, pair)
-        if n_enc is not None and n >= n_enc:  # past the last encoder phase: the last decoder phase
-            if n_enc == 0:
-                return Phase(0, "decoder", 0, OPEN if self.open_ended else self.first)
+        if n_enc is not None and (n >= n_enc or (n == n_enc - 1 and r >= self.enc)):  # the last decoder phase
             start = self.first + (n_enc - 1) * pair + self.enc
-            return Phase(n_enc, "decoder", start, OPEN if self.open_ended else last_end)
+            return Phase(n_enc, "decoder", start, OPEN if self.open_ended else start + self.last)
         start = self.first + n * pair
         if r < self.enc:
             return Phase(n, "encoder", start, start + self.enc)
-        end = start + pair
-        if self.open_ended and n == n_enc - 1:
-            end = OPEN
-        return Phase(n + 1, "decoder", start + self.enc, end)
+        return Phase(n + 1, "decoder", start + self.enc, start + pair)
+
+    # -- a time budget -----------------------------------------------------------------------------
+    def fit_to(self, total: int, step: int) -> PhaseSchedule:
+        """This schedule fitted to ``total`` steps, for a plan made after ``step`` steps (which lie in
+        the first decoder phase or, when that phase is not timed, the first encoder phase).
+
+        A finite schedule of at most ``total`` steps is kept. An open-ended one (``freeze_encoder``)
+        whose phases fit keeps them and its last decoder phase becomes finite with the rest of the
+        budget. Otherwise: the most encoder phases (at most the schedule's) whose configured lengths
+        fit, all lengths stretched by one factor (integer parts; the remainder goes into the last
+        decoder phase) to end at ``total`` on a decoder phase; fewer than the first phase's steps: one
+        decoder phase of ``total`` steps. The phases ``step`` has begun keep their start and the steps
+        taken in them (an encoder phase begun keeps the first phase's length and at least one
+        decoder phase follows it), so only the current phase's end, and with it the learning rate of
+        its steps taken (the cosine over its length), may move.
+        """
+        first, enc, half = self.first, self.enc, self.half_steps
+        if step > first + enc:
+            raise SbdiffError(f"a plan after step {step} would change finished phases (first decoder and encoder "
+                              f"phases: {first} + {enc} steps)")
+        own = self.total_steps()
+        if own is not None and own <= total:
+            return self
+        n_max = self.encoder_phases
+        cost = lambda n: first + n * (enc + half)  # noqa: E731  (steps of n encoder phases at the configured lengths)
+        if self.open_ended and cost(n_max) <= total:
+            return PhaseSchedule(n_max + 1, half, first, enc, last_steps=total - cost(n_max) + half)
+        begun = int(step > first)  # an encoder phase has begun: the first decoder phase is done
+        n = max(total - first, 0) // (enc + half)
+        n = max(begun, n if n_max is None else min(n, n_max))
+        if n == 0:
+            return PhaseSchedule(1, half, max(total, step, 1))
+        fixed = first if begun else 0  # steps not stretched
+        room, base = max(total - fixed, 0), cost(n) - fixed
+        enc2 = max(enc * room // base, step - first if begun else 1, 1)
+        half2 = max(half * room // base, 1)
+        first2 = first if begun else max(first * room // base, step, 1)
+        last = max(total - first2 - n * enc2 - (n - 1) * half2, 1)
+        return replace(self, iterations=n + 1, half_steps=half2, first_steps=first2, encoder_steps=enc2,
+                       freeze_encoder=0, last_steps=last)
+
+    def describe(self) -> str:
+        """One line: the phases and their lengths."""
+        n, total = self.encoder_phases, self.total_steps()
+        if n == 0:
+            return f"1 decoder phase of {self.first} steps"
+        if n is None or total is None:
+            return (f"phases of {self.first} (first decoder), {self.enc} (encoder), {self.half_steps} (decoder) steps"
+                    + (f", the decoder open-ended after {n} encoder phases" if n is not None else ""))
+        return (f"{n + 1} decoder and {n} encoder phases: {self.first} (first decoder), {self.enc} (encoder), "
+                f"{self.half_steps} (decoder), {self.last} (last decoder) steps, {total} in all")

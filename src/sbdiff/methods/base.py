@@ -4,6 +4,8 @@ coordinates)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from ..objectives import gaussian_kl_estimate
 from ..references import make_reference
 from ..registry import register
 
-__all__ = ["Method", "register", "build_network", "check_flat", "data_scaling"]
+__all__ = ["Method", "PlanWindow", "register", "build_network", "check_flat", "data_scaling"]
 
 
 def check_flat(data: np.ndarray) -> int:
@@ -58,6 +60,17 @@ def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise SbdiffError(f"data.image_shape {d.image_shape} does not match the data's dimension {dim}")
     scaling = ImageScaling(d.levels if d.dequantize == "uniform" else 0, d.max_value)
     return np.full(dim, scaling.center), np.full(dim, scaling.scale), scaling.step
+
+
+class PlanWindow(NamedTuple):
+    """Where the trainer times a run to fit a method's schedule to ``train.max_minutes``
+    (:meth:`Method.plan_window`): from step ``start`` (the first step whose cost stands for the rest
+    of the schedule) over a whole number of ``every`` steps (a cycle of the method's periodic costs,
+    e.g. its cache refreshes), and :meth:`Method.plan_budget` called by step count ``last``."""
+
+    start: int
+    every: int
+    last: int
 
 
 class Method:
@@ -173,6 +186,22 @@ class Method:
         """Steps after which the method's own schedule is complete (``None``: no limit); training
         stops at the smaller of this and ``train.steps``."""
         return None
+
+    def plan_window(self, step: int) -> PlanWindow | None:
+        """Where to time the run before fitting the schedule to a time budget, for a session that
+        starts at step ``step`` (:class:`PlanWindow`); ``None`` (the default): the method has no
+        schedule to fit, or ``step`` is at or past the window's end."""
+        return None
+
+    def plan_budget(self, total_steps: int, step: int) -> dict | None:
+        """Fit the method's schedule to ``total_steps`` steps in all (what the time budget allows,
+        counted from step 0), after ``step`` steps (inside :meth:`plan_window`'s phase), and return the
+        plan: a JSON-able dict that :meth:`apply_plan` restores on a resume (the trainer keeps it in the
+        checkpoint), with a one-line ``summary``. ``None`` (the default): nothing planned."""
+        return None
+
+    def apply_plan(self, plan: dict) -> None:
+        """Take the schedule of a plan that :meth:`plan_budget` returned (a resume)."""
 
     def lr_factor(self, step: int) -> float:
         """Factor on ``train.lr`` at step ``step`` (after the warm-up), e.g. a decay within each

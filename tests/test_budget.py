@@ -1,0 +1,225 @@
+"""Time budgets (``train.max_minutes``) and the alternating presets' schedules: after timing the first
+steps, the trainer fits the schedule to the steps the budget allows (``PhaseSchedule.fit_to`` through
+``Method.plan_budget``), so the run ends on a finished decoder phase with its learning rate decayed;
+the plan is in the checkpoint and a resume continues it bit for bit. The training tests run on a
+clock that advances one second per step (deterministic and fast); step budgets are never planned."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbdiff import SbdiffError, train
+from sbdiff.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from sbdiff.config import Config, load_config
+from sbdiff.methods import make_method
+from sbdiff.methods._alternating import Alternating
+from sbdiff.methods._schedule import OPEN, PhaseSchedule
+from sbdiff.registry import REGISTRY
+
+from test_distributed import _small_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for this module
+
+ALTERNATING = [name for name, cls in REGISTRY.items() if issubclass(cls, Alternating)]
+
+
+def check_fitted(schedule: PhaseSchedule, fitted: PhaseSchedule, total: int, step: int) -> None:
+    """``fitted`` ends at ``total`` on a decoder phase, with no more encoder phases than ``schedule``,
+    and puts the ``step`` steps taken in the phases they were taken in."""
+    assert fitted.total_steps() == total and not fitted.open_ended
+    last = fitted.phase(total - 1)
+    assert last.role == "decoder" and last.end == total and fitted.phase(total) == last
+    if schedule.encoder_phases is not None:
+        assert fitted.encoder_phases <= schedule.encoder_phases
+    for k in range(step):
+        a, b = schedule.phase(k), fitted.phase(k)
+        assert (a.iteration, a.role, a.start) == (b.iteration, b.role, b.start), k
+
+
+# -- the fitted schedule --------------------------------------------------------------------------
+def test_a_configured_schedule_that_fits_is_kept():
+    s = PhaseSchedule(3, 10, 25)  # 65 steps
+    assert s.fit_to(65, 5) is s and s.fit_to(1000, 5) is s
+
+
+@pytest.mark.parametrize("schedule, total, step", [
+    (PhaseSchedule(6, 5000), 40_000, 800),  # DSB's defaults, 55k steps configured
+    (PhaseSchedule(6, 5000), 54_999, 5000),  # planned at the first phase's last step
+    (PhaseSchedule(0, 2000, freeze_encoder=3), 30_000, 300),  # SB-FBSDE's: open-ended last phase
+    (PhaseSchedule(0, 2000, freeze_encoder=3), 9_000, 300),  # ... whose phases do not fit
+    (PhaseSchedule(0, 10, 20, 5), 1_003, 7),  # unbounded, encoder phases of their own
+    (PhaseSchedule(0, 10, 20, 5), 100, 23),  # planned inside the first encoder phase (a warm start)
+    (PhaseSchedule(4, 7, 3, 2, freeze_encoder=1), 50, 3),
+])
+def test_the_fitted_schedule_ends_on_a_decoder_phase_at_the_total(schedule, total, step):
+    check_fitted(schedule, schedule.fit_to(total, step), total, step)
+
+
+def test_the_most_iterations_that_fit_stretched_by_one_factor():
+    fitted = PhaseSchedule(6, 5000).fit_to(40_000, 800)  # 3 encoder phases fit at 5000 steps: 35k -> 40k
+    assert (fitted.iterations, fitted.first, fitted.enc, fitted.half_steps) == (4, 5714, 5714, 5714)
+    assert fitted.last == 40_000 - 5714 * 6  # the rounding's remainder
+    unbounded = PhaseSchedule(0, 10, 20, 5).fit_to(1_003, 7)
+    assert unbounded.encoder_phases == 65 and unbounded.first == 20 and unbounded.enc == 5
+
+
+def test_an_open_ended_last_phase_gets_the_rest_of_the_budget():
+    s = PhaseSchedule(0, 2000, freeze_encoder=3)  # D0 E0 D1 E1 D2 E2 (12k steps), D3 open-ended
+    fitted = s.fit_to(30_000, 300)
+    assert (fitted.first, fitted.enc, fitted.half_steps, fitted.encoder_phases) == (2000, 2000, 2000, 3)
+    assert fitted.phase(29_999) == fitted.phase(12_000) and fitted.phase(12_000).end == 30_000 < OPEN
+    few = s.fit_to(9_000, 300)  # the fitted phases do not fit: one encoder phase, stretched to 3000
+    assert (few.encoder_phases, few.first, few.enc, few.last) == (1, 3000, 3000, 3000)
+
+
+def test_a_budget_smaller_than_the_first_phase_is_one_decoder_phase():
+    fitted = PhaseSchedule(6, 5000).fit_to(1200, 100)
+    assert fitted.encoder_phases == 0 and fitted.total_steps() == 1200 and fitted.phase(1199).end == 1200
+
+
+def test_a_plan_inside_the_first_encoder_phase_keeps_the_first_phase():
+    s = PhaseSchedule(0, 10, 20, 5)
+    fitted = s.fit_to(100, 23)
+    assert fitted.first == 20 and fitted.phase(23).role == "encoder"
+    tiny = s.fit_to(24, 23)  # the encoder phase ends now and one decoder step follows
+    assert tiny.phase(22).start == 20 and tiny.phase(22).end == 23 and tiny.phase(23).role == "decoder"
+    assert tiny.encoder_phases == 1 and tiny.total_steps() == 24
+    with pytest.raises(SbdiffError, match="finished phases"):
+        s.fit_to(100, 26)
+
+
+def test_the_rate_decays_to_lr_final_over_the_planned_last_phase():
+    cfg = Config()
+    cfg.method = "sbfbsde"
+    method = make_method(cfg)
+    lr_final, half = cfg.sbfbsde.lr_final, cfg.sbfbsde.half_steps
+    assert method.lr_factor(20_000) == pytest.approx(lr_final)  # open-ended: decayed after half_steps
+    plan = method.plan_budget(30_000, 300)
+    assert json.loads(json.dumps(plan)) == plan and "30000 in all" in plan["summary"]
+    assert method.max_steps() == 30_000
+    start = method.schedule.phase(29_999).start
+    assert method.lr_factor(start) == 1.0
+    assert method.lr_factor((start + 30_000) // 2) == pytest.approx((1 + lr_final) / 2)  # mid-way down the cosine
+    assert method.lr_factor(29_999) == pytest.approx(lr_final, abs=1e-7) and method.lr_factor(30_000) == lr_final
+    again = make_method(cfg)
+    again.apply_plan(plan)
+    assert again.schedule == method.schedule and half == again.schedule.half_steps
+
+
+def test_the_timed_window_skips_a_warm_start():
+    cfg = Config()
+    cfg.method, cfg.sbfbsde.half_steps, cfg.sbfbsde.cache_refresh = "sbfbsde", 100, 25
+    assert make_method(cfg).plan_window(0) == (100, 25, 200)  # after the DSM warm start: the first encoder phase
+    assert make_method(cfg).plan_window(200) is None  # too late to plan
+    cfg.sbfbsde.warm_start = "none"
+    assert make_method(cfg).plan_window(0) == (0, 25, 100)
+    cfg.method = "dsb"
+    assert make_method(cfg).plan_window(0) == (0, cfg.dsb.cache_refresh, cfg.dsb.half_steps)
+    cfg.method = "sgm"
+    assert make_method(cfg).plan_window(0) is None  # nothing to plan
+
+
+# -- training under a time budget -----------------------------------------------------------------
+@pytest.fixture
+def clock(monkeypatch):
+    """The trainer's clock, advanced by one second per training step."""
+    now = types.SimpleNamespace(t=1000.0)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(monotonic=lambda: now.t, strftime=time.strftime))
+    step = train._train_step
+
+    def timed(s, state):
+        now.t += 1.0
+        return step(s, state)
+
+    monkeypatch.setattr(train, "_train_step", timed)
+    return now
+
+
+def _timed_config(tmp_path, method, minutes=1.0, steps=0):
+    """The preset's smoke setting, its schedule unbounded, with a decaying rate and a time budget."""
+    _, path = _small_run(tmp_path, method)
+    cfg, _ = load_config(path)
+    cfg.train.shards, cfg.train.steps, cfg.train.max_minutes = 1, steps, minutes
+    section = getattr(cfg, method)
+    section.iterations, section.lr_final = 0, 0.1
+    return cfg
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ALTERNATING)
+def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identically(tmp_path, clock, monkeypatch,
+                                                                                      method):
+    cfg = _timed_config(tmp_path, method)  # 60 s at 1 s per step
+    res = train.fit(cfg, tmp_path / "base", progress=False)
+    meta = read_checkpoint(tmp_path / "base" / CHECKPOINT_FILE)[2]
+    plan = meta["plan"]
+    total = plan["total_steps"]
+    assert plan["seconds_per_step"] == 1.0 and total == plan["at_step"] + int(0.95 * (60 - plan["at_step"]))
+    assert res.stopped_by == "steps" and res.steps == total
+    window = make_method(cfg).plan_window(0)
+    assert window.start < plan["at_step"] <= window.last  # timed in the window
+    schedule = PhaseSchedule(**plan["method"]["schedule"])
+    assert schedule.total_steps() == total and schedule.phase(total - 1).role == "decoder"
+    assert res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)  # decayed to lr_final
+    rows = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["budget_plan"] for r in rows if "budget_plan" in r] == [plan]
+
+    # killed just after the plan (resumed from the checkpoint written with it), then near the end
+    step, crash_at = train._train_step, [plan["at_step"], total - 5]
+
+    def crashing(s, state):
+        if crash_at and state.step == crash_at[0]:
+            crash_at.pop(0)
+            raise Crash
+        return step(s, state)
+
+    monkeypatch.setattr(train, "_train_step", crashing)
+    with pytest.raises(Crash):
+        train.fit(cfg, tmp_path / "split", progress=False)
+    assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["step"] == plan["at_step"]
+    with pytest.raises(Crash):
+        train.resume_run(tmp_path / "split", progress=False)
+    again = train.resume_run(tmp_path / "split", progress=False)
+    assert plan["at_step"] < again.resumed_from < total - 5 and again.steps == total
+    assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["plan"] == plan
+    a = load_file(str(tmp_path / "base" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_steps_caps_the_plan(tmp_path, clock):
+    res = train.fit(_timed_config(tmp_path, "dsb", minutes=10.0, steps=30), tmp_path / "r", progress=False)
+    plan = read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]["plan"]
+    assert res.steps == plan["total_steps"] == 30 and res.stopped_by == "steps"
+    assert PhaseSchedule(**plan["method"]["schedule"]).phase(29).end == 30
+
+
+def test_step_budgets_are_not_planned(tmp_path, monkeypatch):
+    def refuse(self, total_steps, step):
+        raise AssertionError("planned a run without a time budget")
+
+    monkeypatch.setattr(Alternating, "plan_budget", refuse)
+    cfg = _timed_config(tmp_path, "dsb", minutes=0.0, steps=12)
+    res = train.fit(cfg, tmp_path / "r", progress=False)
+    assert res.steps == 12 and "plan" not in read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]
+    assert math.isfinite(res.last["loss"])
+
+
+def test_a_budget_that_ends_in_a_warm_start_is_one_decoder_phase(tmp_path, clock):
+    cfg = _timed_config(tmp_path, "sbfbsde", minutes=0.5)  # 30 s at 1 s per step; the warm start takes 40
+    cfg.sbfbsde.first_steps = 40
+    res = train.fit(cfg, tmp_path / "r", progress=False)
+    plan = read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]["plan"]
+    assert plan["at_step"] == 10  # 30 % of the budget timed (from the end of the first step)
+    assert res.steps == plan["total_steps"] == 10 + int(0.95 * 20) and res.stopped_by == "steps"
+    assert plan["method"]["schedule"]["iterations"] == 1 and res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)
