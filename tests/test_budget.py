@@ -164,7 +164,7 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
     meta = read_checkpoint(tmp_path / "base" / CHECKPOINT_FILE)[2]
     plan = meta["plan"]
     total = plan["total_steps"]
-    assert plan["seconds_per_step"] == 1.0 and total == plan["at_step"] + int(0.95 * (60 - plan["at_step"]))
+    assert plan["seconds_per_step"] == 1.0 and total == plan["at_step"] + int(train.PLAN_MARGIN * (60 - plan["at_step"]))
     assert res.stopped_by == "steps" and res.steps == total
     window = make_method(cfg).plan_window(0)
     assert window.start < plan["at_step"] <= window.last  # timed in the window
@@ -221,5 +221,5 @@ def test_a_budget_that_ends_in_a_warm_start_is_one_decoder_phase(tmp_path, clock
     res = train.fit(cfg, tmp_path / "r", progress=False)
     plan = read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]["plan"]
     assert plan["at_step"] == 10  # 30 % of the budget timed (from the end of the first step)
-    assert res.steps == plan["total_steps"] == 10 + int(0.95 * 20) and res.stopped_by == "steps"
+    assert res.steps == plan["total_steps"] == 10 + int(train.PLAN_MARGIN * 20) and res.stopped_by == "steps"
     assert plan["method"]["schedule"]["iterations"] == 1 and res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)
