@@ -1,5 +1,5 @@
 """DSBM (issue 24): the reference's pinned bridges and their targets against independent closed
-forms, the minibatch couplings, IMF's fixed point and its convergence on a Gaussian bridge, the
+forms, the importance-sampled regression times, the minibatch couplings, IMF's fixed point and its convergence on a Gaussian bridge, the
 coupled loop, generative mode with its probability flow, and bad input from the command line."""
 
 import json
@@ -14,7 +14,7 @@ from sbdiff.bench.gaussian import random_gaussian_bridge
 from sbdiff.bench.runner import cross_cov_error
 from sbdiff.cli import main
 from sbdiff.config import config_from_dict
-from sbdiff.couplings import bridge_sample, bridge_targets, minibatch_coupling
+from sbdiff.couplings import BridgeTimes, bridge_sample, bridge_targets, bridge_variances, minibatch_coupling
 from sbdiff.methods.dsbm import DSBM
 from sbdiff.references import make_reference
 from sbdiff.train import fit, load_run
@@ -29,11 +29,12 @@ def test_brownian_bridge_and_targets_in_closed_form():
     tt = t[:, None]
     x_t = bridge_sample(ref, x0, x1, t, noise)
     torch.testing.assert_close(x_t, (1 - tt) * x0 + tt * x1 + (0.7 * tt * (1 - tt)).sqrt() * noise)
-    z, zhat, w_f, w_b = bridge_targets(ref, x0, x1, x_t, t)
+    z, zhat = bridge_targets(ref, x0, x1, x_t, t)
     torch.testing.assert_close(z, (x1 - x_t) / (0.7 ** 0.5 * (1 - tt)))
     torch.testing.assert_close(zhat, (x0 - x_t) / (0.7 ** 0.5 * tt))
-    torch.testing.assert_close(w_f, torch.clamp((1 - t) / t, max=1.0))
-    torch.testing.assert_close(w_b, torch.clamp(t / (1 - t), max=1.0))
+    v_f, v_b = bridge_variances(ref, t)
+    torch.testing.assert_close(v_f, t / (1 - t))
+    torch.testing.assert_close(v_b, (1 - t) / t)
 
 
 def test_vp_bridge_is_the_conditional_of_the_reference_and_its_targets_are_log_gradients():
@@ -58,21 +59,31 @@ def test_vp_bridge_is_the_conditional_of_the_reference_and_its_targets_are_log_g
     log_bwd = (-(x - a_s[:, None] * x0).pow(2).sum(1) / (2 * v_s)).sum()
     grad_fwd, = torch.autograd.grad(log_fwd, x)
     grad_bwd, = torch.autograd.grad(log_bwd, x)
-    z, zhat, _, _ = bridge_targets(ref, x0, x1, x.detach(), t)
+    z, zhat = bridge_targets(ref, x0, x1, x.detach(), t)
     torch.testing.assert_close(z, ref.g(t)[:, None] * grad_fwd)
     torch.testing.assert_close(zhat, ref.g(t)[:, None] * grad_bwd)
 
 
-def test_bridge_weights_bound_the_targets_variance():
-    """Over the bridge noise, the weighted target's variance per coordinate is at most 1 at every t."""
-    ref = make_reference("brownian", eps=2.0)
+def test_bridge_variances_are_the_targets_and_the_time_weights_keep_the_uniform_objective():
+    """``V_f``, ``V_b`` are the targets' variances over the bridge noise (VP); the importance weights
+    of :class:`BridgeTimes` reproduce uniform-time averages, and its draws crowd the pinned end."""
+    ref = make_reference("vp")
     g = torch.Generator().manual_seed(2)
-    x0, x1 = torch.zeros(20000, 1, dtype=torch.float64), torch.ones(20000, 1, dtype=torch.float64)
-    for tv in (0.001, 0.1, 0.5, 0.9, 0.999):
-        t = torch.full((20000,), tv, dtype=torch.float64)
-        x_t = bridge_sample(ref, x0, x1, t, torch.randn(20000, 1, generator=g, dtype=torch.float64))
-        z, zhat, w_f, w_b = bridge_targets(ref, x0, x1, x_t, t)
-        assert float(w_f[0] * z.var()) < 1.05 and float(w_b[0] * zhat.var()) < 1.05, tv
+    x0, x1 = torch.zeros(40000, 1, dtype=torch.float64), torch.ones(40000, 1, dtype=torch.float64)
+    for tv in (0.01, 0.3, 0.7, 0.99):
+        t = torch.full((40000,), tv, dtype=torch.float64)
+        x_t = bridge_sample(ref, x0, x1, t, torch.randn(40000, 1, generator=g, dtype=torch.float64))
+        z, zhat = bridge_targets(ref, x0, x1, x_t, t)
+        v_f, v_b = bridge_variances(ref, t[:1])
+        assert float(z.var()) == pytest.approx(float(v_f), rel=0.03) and float(zhat.var()) == pytest.approx(float(v_b), rel=0.03)
+    times = BridgeTimes(make_reference("brownian", eps=1.0), 1e-3)
+    for role, f in (("decoder", lambda t: torch.cos(3 * t)), ("encoder", lambda t: t ** 2)):
+        t, w = times.sample(role, 400000, generator=g, dtype=torch.float64)
+        uniform = torch.rand(400000, generator=g, dtype=torch.float64) * 0.998 + 0.001
+        assert float((w * f(t)).mean()) == pytest.approx(float(f(uniform).mean()), abs=4e-3), role
+    t_dec, _ = times.sample("decoder", 100000, generator=g)
+    t_enc, _ = times.sample("encoder", 100000, generator=g)
+    assert float((t_dec < 0.05).float().mean()) > 2 * 0.05 and float((t_enc > 0.95).float().mean()) > 2 * 0.05
 
 
 # -- couplings ------------------------------------------------------------------------------------

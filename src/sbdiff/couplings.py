@@ -10,7 +10,8 @@ coupling. This module supplies both halves:
   static SB of ``brownian(eps)``; Tong et al. 2024). POT works on the torch tensors directly.
 * :func:`bridge_sample` and :func:`bridge_targets` — the bridge of a linear reference with scalar
   transitions ``q(x_t | x_s) = N(a(s, t) x_s, v(s, t) I)`` pinned at ``x0`` (``t = 0``) and ``x1``
-  (``t = T``), and the controls of its forward and backward drifts.
+  (``t = T``), and the controls of its forward and backward drifts; :class:`BridgeTimes` — the
+  regression's time sampling, which keeps the gradient's variance finite near the pinned ends.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from ._utils import SbdiffError, append_dims
 
-__all__ = ["COUPLINGS", "minibatch_coupling", "bridge_sample", "bridge_targets"]
+__all__ = ["COUPLINGS", "minibatch_coupling", "bridge_sample", "bridge_targets", "bridge_variances", "BridgeTimes"]
 
 #: The iteration-0 couplings of :func:`minibatch_coupling`.
 COUPLINGS = ("independent", "ot", "entropic")
@@ -131,27 +132,65 @@ def bridge_sample(reference, x0: Tensor, x1: Tensor, t: Tensor, noise: Tensor) -
     return mean + append_dims(var.sqrt(), x0.ndim) * noise
 
 
-def bridge_targets(reference, x0: Tensor, x1: Tensor, x_t: Tensor, t: Tensor):
-    """The controls of the bridge's drifts at ``X_t = x_t`` and their variance weights.
+def bridge_targets(reference, x0: Tensor, x1: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The controls of the bridge's drifts at ``X_t = x_t``, ``(B, d)`` each.
 
     Forward drift ``f + g z`` with ``z* = g ∇log q(x1 | x_t) = g a_e (x1 − a_e x_t)/v_e``; backward
     drift read in forward time ``f − g ẑ`` with ``ẑ* = g ∇log q(x_t | x0) = g (a_s x0 − x_t)/v_s``
     (the reversed bridge is the reference reversed and pinned at ``x0``). For ``brownian(eps)``:
-    ``z* = (x1 − x_t)/(√eps (1 − t))``, ``ẑ* = (x0 − x_t)/(√eps t)``. Their variances over
-    ``X_t`` given the pair are ``V_f = g² a_e⁴ σ²/v_e²`` and ``V_b = g² σ²/v_s²`` per coordinate
-    (``t/(1 − t)`` and ``(1 − t)/t`` for ``brownian``), unbounded at the pinned ends; the weights
-    ``w = min(1, 1/V)`` bound the weighted residual's variance by 1 and leave the regression's
-    minimiser at each ``t`` unchanged (the path KL's own weight, 1, where ``V ≤ 1``).
-
-    Returns
-    -------
-    (z_target, zhat_target, w_forward, w_backward) : Tensors ``(B, d)``, ``(B, d)``, ``(B,)``, ``(B,)``
+    ``z* = (x1 − x_t)/(√eps (1 − t))``, ``ẑ* = (x0 − x_t)/(√eps t)``.
     """
     a_s, v_s, a_e, v_e = _bridge_coefficients(reference, t)
     g = reference.g(t)
-    var = 1.0 / (1.0 / v_s + a_e ** 2 / v_e)
     z = append_dims(g * a_e / v_e, x0.ndim) * (x1 - append_dims(a_e, x0.ndim) * x_t)
     zhat = append_dims(g / v_s, x0.ndim) * (append_dims(a_s, x0.ndim) * x0 - x_t)
-    w_f = torch.clamp(1.0 / (g ** 2 * a_e ** 4 * var / v_e ** 2), max=1.0)
-    w_b = torch.clamp(1.0 / (g ** 2 * var / v_s ** 2), max=1.0)
-    return z, zhat, w_f, w_b
+    return z, zhat
+
+
+def bridge_variances(reference, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-coordinate variances ``(V_f, V_b)`` ``(B,)`` of the targets ``z*`` and ``ẑ*`` over ``X_t``
+    given the pair: ``V_f = g² a_e⁴ σ²/v_e²``, ``V_b = g² σ²/v_s²`` (``t/(1 − t)`` and ``(1 − t)/t`` for
+    ``brownian``), unbounded at the pinned end."""
+    a_s, v_s, a_e, v_e = _bridge_coefficients(reference, t)
+    g2 = reference.g(t) ** 2
+    var = 1.0 / (1.0 / v_s + a_e ** 2 / v_e)
+    return g2 * a_e ** 4 * var / v_e ** 2, g2 * var / v_s ** 2
+
+
+class BridgeTimes:
+    """Importance sampling of the regression's time: ``t ~ p(t) ∝ max(1, √V(t))`` on
+    ``(δT, (1 − δ)T)`` for each network, with the weight ``w(t) = 1/(L p(t))`` (``L`` the interval's
+    length), so that ``E_p[w ℓ] = E_{U}[ℓ]``: the objective stays the path KL's (uniform time, weight
+    1), while the gradient's variance, ``∫ V/p ∝ (∫ max(1, √V))²`` per coordinate, stays finite
+    (``∫ √V dt < ∞``: ``V ~ 1/(distance to the pinned end)``); uniform sampling's, ``∫ V``, diverges
+    logarithmically as ``δ → 0``. ``p`` is piecewise constant on ``bins`` equal bins (exact weights).
+
+    Parameters
+    ----------
+    reference : ReferenceSDE
+    margin : float
+        ``δ``.
+    bins : int
+    """
+
+    def __init__(self, reference, margin: float, bins: int = 1024):
+        T = reference.T
+        edges = torch.linspace(margin * T, (1 - margin) * T, bins + 1, dtype=torch.float64)
+        width = torch.diff(edges)
+        v_f, v_b = bridge_variances(reference, 0.5 * (edges[1:] + edges[:-1]))
+        self.edges, self.width, self.length = edges, width, float(edges[-1] - edges[0])
+        self.prob = {}
+        for role, v in (("encoder", v_f), ("decoder", v_b)):
+            mass = v.sqrt().clamp_min(1.0) * width
+            self.prob[role] = mass / mass.sum()
+
+    def sample(self, role: str, n: int, *, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor]:
+        """``(t, w)``, ``(n,)`` each, for the network ``role`` (``"encoder"``: forward, ``"decoder"``)."""
+        at = generator.device if generator is not None else torch.device("cpu")  # draws on the generator's device
+        prob, edges, width = (v.to(at) for v in (self.prob[role], self.edges, self.width))
+        i = torch.multinomial(prob, n, replacement=True, generator=generator)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=at)
+        t = edges[i] + u * width[i]
+        w = width[i] / (prob[i] * self.length)
+        return t.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)

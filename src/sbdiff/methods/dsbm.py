@@ -11,10 +11,11 @@ For a coupling ``π(x0, x1)`` the *reciprocal* path law is the reference's bridg
 (:func:`sbdiff.couplings.bridge_targets`; for ``brownian(eps)`` on ``[0, 1]``:
 ``z* = (x1 − X_t)/(√eps (1 − t))``, ``ẑ* = (x0 − X_t)/(√eps t)``), so each half-step is a plain
 regression on ``(X_t, t)``: drift matching of one network against the reciprocal projection of the
-other's path law. ``t`` is uniform on ``(δ, T − δ)`` and the squared residual is weighted by
-``min(1, 1/V(t))`` with ``V`` the target's variance given the pair (``t/(1 − t)`` forward,
-``(1 − t)/t`` backward for ``brownian``), which keeps the loss's variance bounded near the pinned
-end and leaves each ``t``'s minimiser unchanged.
+other's path law. The target's variance given the pair, ``V(t)`` (``t/(1 − t)`` forward,
+``(1 − t)/t`` backward for ``brownian``), is unbounded at the pinned end, so ``t`` is drawn on
+``(δT, (1 − δ)T)`` with density ``∝ max(1, √V)`` and the residual weighted by the inverse density
+(:class:`sbdiff.couplings.BridgeTimes`): the path KL's uniform time in expectation, with a finite
+gradient variance.
 
 Schedules (``dsbm.schedule``):
 
@@ -51,7 +52,7 @@ from torch import Tensor
 
 from .._utils import SbdiffError
 from ..config import Config, Section
-from ..couplings import COUPLINGS, bridge_sample, bridge_targets, minibatch_coupling
+from ..couplings import COUPLINGS, BridgeTimes, bridge_sample, bridge_targets, minibatch_coupling
 from ..decoders import NeuralDecoder
 from ..distributed import step_generator
 from ..encoders import NeuralEncoder
@@ -82,7 +83,7 @@ class DSBMConfig(Section):
     ot_block: int = 512            # rows per minibatch OT problem (ot, entropic)
     sinkhorn_iters: int = 1000     # iteration cap of Sinkhorn (entropic)
     lr_final: float = 0.1          # imf: the learning rate decays (cosine) to lr_final * train.lr over each phase
-    time_margin: float = 1e-3      # t is drawn uniformly on (margin T, (1 - margin) T)
+    time_margin: float = 1e-3      # t is drawn on (margin T, (1 - margin) T) (density ∝ max(1, √V), importance-weighted)
 
 
 @register("dsbm")
@@ -127,6 +128,7 @@ class DSBM(Alternating):
         self._prior_loss: float | None = None  # the KL monitor of the encoder's last simulated ends
         self._coupling_s: float = 0.0  # seconds of the last iteration-0 coupling draw
         self._coupled_step: int | None = None  # coupled: the step of begin_step
+        self._times: BridgeTimes | None = None  # the regression's time sampler (built with the model)
 
     # -- model -----------------------------------------------------------------------------------
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
@@ -216,21 +218,20 @@ class DSBM(Alternating):
     # -- losses ------------------------------------------------------------------------------------
     def _matching(self, model: PathVAE, pairs: dict[str, Tensor], B: int, generator: torch.Generator,
                   role: str) -> Tensor:
-        """Bridge matching of one network on ``B`` pairs of ``pairs``: the weighted squared residual of
-        its control against the bridge's (:func:`sbdiff.couplings.bridge_targets`), summed over
-        coordinates, mean over the batch."""
+        """Bridge matching of one network on ``B`` pairs of ``pairs``: the squared residual of its
+        control against the bridge's (:func:`sbdiff.couplings.bridge_targets`), summed over
+        coordinates, at times drawn by :class:`~sbdiff.couplings.BridgeTimes` with their importance
+        weights (the path KL's uniform time in expectation), mean over the batch."""
         x0, x1 = pairs["x0"], pairs["x1"]
         m = torch.randint(0, len(x0), (B,), generator=generator, device=x0.device)
         x0, x1 = x0[m], x1[m]
-        T, margin = model.reference.T, self.config.dsbm.time_margin
-        t = (margin + (1 - 2 * margin) * torch.rand(B, generator=generator, device=x0.device, dtype=x0.dtype)) * T
+        if self._times is None:
+            self._times = BridgeTimes(model.reference, self.config.dsbm.time_margin)
+        t, w = self._times.sample(role, B, generator=generator, dtype=x0.dtype, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = bridge_sample(model.reference, x0, x1, t, noise)
-        z, zhat, w_f, w_b = bridge_targets(model.reference, x0, x1, x_t, t)
-        if role == "encoder":
-            res, w = model.encoder.net(x_t, t) - z, w_f
-        else:
-            res, w = model.decoder.net(x_t, t) - zhat, w_b
+        z, zhat = bridge_targets(model.reference, x0, x1, x_t, t)
+        res = model.encoder.net(x_t, t) - z if role == "encoder" else model.decoder.net(x_t, t) - zhat
         return (w * res.pow(2).reshape(B, -1).sum(1)).mean()
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
