@@ -165,7 +165,7 @@ def test_the_sb_coupling_is_a_fixed_point_of_one_imf_step(tmp_path, monkeypatch)
         x1, x0 = pair.sample_plan(n, np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen))))
         return {"x0": torch.as_tensor(x0, dtype=torch.float32), "x1": torch.as_tensor(x1, dtype=torch.float32)}
 
-    cfg, target = _bridge_config(tmp_path, pair, iterations=1, half_steps=800, coupling="independent")
+    cfg, target = _bridge_config(tmp_path, pair, iterations=1, half_steps=500, coupling="independent")
     independent = _coupling_error(pair, fit(cfg, None, data=target, progress=False).model)
     monkeypatch.setattr(DSBM, "_coupling_pairs", exact_pairs)
     fixed = _coupling_error(pair, fit(cfg, None, data=target, progress=False).model)
@@ -176,7 +176,8 @@ def test_imf_from_the_independent_coupling_converges_over_iterations(tmp_path):
     """The C_σ error falls over IMF iterations 1, 2, 3 (each a resume with dsbm.iterations raised),
     and metrics.jsonl logs each direction's loss, the iteration and the coupling's cost."""
     pair = random_gaussian_bridge(2, 1.0, 3)
-    cfg, target = _bridge_config(tmp_path, pair, iterations=1, half_steps=600, coupling="independent")
+    cfg, target = _bridge_config(tmp_path, pair, iterations=1, half_steps=400, coupling="independent",
+                                 cache_size=2000, num_steps=20)
     errors = []
     for n in (1, 2, 3):
         cfg.dsbm.iterations = n
@@ -184,7 +185,7 @@ def test_imf_from_the_independent_coupling_converges_over_iterations(tmp_path):
         errors.append(_coupling_error(pair, res.model))
     assert errors[0] > errors[1] > errors[2], errors
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert rows[-1]["step"] == 600 * 5 and rows[-1]["ipf_iteration"] == 2
+    assert rows[-1]["step"] == 400 * 5 and rows[-1]["ipf_iteration"] == 2
     assert {"drift_matching", "encoder_matching", "prior_loss", "coupling_ms_per_step"} <= set().union(*rows)
 
 
