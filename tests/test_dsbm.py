@@ -133,7 +133,7 @@ def test_entropic_coupling_tends_to_ot_and_independent_is_uniform():
 
 
 # -- IMF on a Gaussian bridge ------------------------------------------------------------------------
-def _bridge_config(tmp_path, pair, n=20000, steps=0, **dsbm):
+def _bridge_config(tmp_path, pair, n=20000, steps=0, eps=1.0, **dsbm):
     rng = np.random.default_rng(0)
     target = pair.sample_target(n, rng).astype(np.float32)  # data side, t = 0
     source = pair.sample_source(n, rng).astype(np.float32)  # prior side, t = 1
@@ -141,7 +141,7 @@ def _bridge_config(tmp_path, pair, n=20000, steps=0, **dsbm):
     np.save(tmp_path / "source.npy", source)
     raw = {"method": "dsbm", "seed": 1,
            "data": {"data": str(tmp_path / "target.npy"), "prior": str(tmp_path / "source.npy"), "normalize": False},
-           "reference": {"kind": "brownian", "eps": 1.0},
+           "reference": {"kind": "brownian", "eps": eps},
            "model": {"hidden": 64, "blocks": 1, "time_dim": 16},
            "train": {"steps": steps, "batch_size": 256, "log_every": 50, "checkpoint_every": 0,
                      "checkpoint_minutes": 0.0, "lr": 2e-3},
@@ -149,11 +149,11 @@ def _bridge_config(tmp_path, pair, n=20000, steps=0, **dsbm):
     return config_from_dict(raw, Config()).validate(), target
 
 
-def _coupling_error(pair, model, seed=0):
+def _coupling_error(pair, model, seed=0, n=20000):
     def sampler(x, rng):
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         return model.decode(torch.as_tensor(x, dtype=torch.float32), generator=gen).double().numpy()
-    return cross_cov_error(pair, sampler, n=20000, seed=seed)
+    return cross_cov_error(pair, sampler, n=n, seed=seed)
 
 
 def test_the_sb_coupling_is_a_fixed_point_of_one_imf_step(tmp_path, monkeypatch):
@@ -174,18 +174,20 @@ def test_the_sb_coupling_is_a_fixed_point_of_one_imf_step(tmp_path, monkeypatch)
 
 def test_imf_from_the_independent_coupling_converges_over_iterations(tmp_path):
     """The C_σ error falls over IMF iterations 1, 2, 3 (each a resume with dsbm.iterations raised),
-    and metrics.jsonl logs each direction's loss, the iteration and the coupling's cost."""
-    pair = random_gaussian_bridge(2, 1.0, 3)
-    cfg, target = _bridge_config(tmp_path, pair, iterations=1, half_steps=400, coupling="independent",
-                                 cache_size=2000, num_steps=20)
+    and metrics.jsonl logs each direction's loss, the iteration and the coupling's cost. eps = 0.1:
+    IMF converges more slowly the smaller eps, so iteration 3 still has ground to gain (at eps = 1
+    iteration 2 already sat at the regression's and the estimate's floor, ~2-3 %; measured here
+    5.3, 3.3, 2.8 %)."""
+    pair = random_gaussian_bridge(2, 0.1, 3)
+    cfg, target = _bridge_config(tmp_path, pair, eps=0.1, iterations=1, half_steps=600, coupling="independent")
     errors = []
     for n in (1, 2, 3):
         cfg.dsbm.iterations = n
         res = fit(cfg, tmp_path / "run", data=target, progress=False, resume=n > 1, allow_config_change=True)
-        errors.append(_coupling_error(pair, res.model))
+        errors.append(_coupling_error(pair, res.model, n=50000))
     assert errors[0] > errors[1] > errors[2], errors
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert rows[-1]["step"] == 400 * 5 and rows[-1]["ipf_iteration"] == 2
+    assert rows[-1]["step"] == 600 * 5 and rows[-1]["ipf_iteration"] == 2
     assert {"drift_matching", "encoder_matching", "prior_loss", "coupling_ms_per_step"} <= set().union(*rows)
 
 
