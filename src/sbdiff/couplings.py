@@ -188,7 +188,10 @@ class BridgeTimes:
                dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor]:
         """``(t, w)``, ``(n,)`` each, for the network ``role`` (``"encoder"``: forward, ``"decoder"``)."""
         at = generator.device if generator is not None else torch.device("cpu")  # draws on the generator's device
-        prob, edges, width = (v.to(at) for v in (self.prob[role], self.edges, self.width))
+        if self.edges.device != at:  # once: the tables follow the generator's device
+            self.edges, self.width = self.edges.to(at), self.width.to(at)
+            self.prob = {k: v.to(at) for k, v in self.prob.items()}
+        prob, edges, width = self.prob[role], self.edges, self.width
         i = torch.multinomial(prob, n, replacement=True, generator=generator)
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=at)
         t = edges[i] + u * width[i]

@@ -127,7 +127,6 @@ class DSBM(Alternating):
         self._data: Tensor | None = None  # data-side points, data coordinates
         self._prior_loss: float | None = None  # the KL monitor of the encoder's last simulated ends
         self._coupling_s: float = 0.0  # seconds of the last iteration-0 coupling draw
-        self._coupled_step: int | None = None  # coupled: the step of begin_step
         self._times: BridgeTimes | None = None  # the regression's time sampler (built with the model)
 
     # -- model -----------------------------------------------------------------------------------
@@ -141,6 +140,7 @@ class DSBM(Alternating):
                               NeuralDecoder(reference, build_network(cfg, dim, reference.T)), data, prior,
                               t_min=t_min, sde_grid=grid)
         self._data = torch.as_tensor(data, dtype=torch.float32)
+        self._times = BridgeTimes(reference, cfg.dsbm.time_margin)
         return model
 
     # -- pairs -------------------------------------------------------------------------------------
@@ -198,13 +198,13 @@ class DSBM(Alternating):
         if self.schedule is not None:
             return super().begin_step(model, step)
         s = self.config.dsbm
-        self._coupled_step = step
         warm = step < s.first_steps
         start = 0 if warm else s.first_steps
         due = start + (step - start) // s.cache_refresh * s.cache_refresh
         if self.cache is not None and self._cache_step == due:
-            device = model.data_mean.device  # a resumed cache comes back on the CPU
-            self.cache = {k: {n: v.to(device) for n, v in pairs.items()} for k, pairs in self.cache.items()}
+            device = model.data_mean.device
+            if self.cache["decoder"]["x0"].device != device:  # a resumed cache comes back on the CPU
+                self.cache = {k: {n: v.to(device) for n, v in pairs.items()} for k, pairs in self.cache.items()}
             return
         gen = step_generator(self.config.seed, due, CACHE_STREAM, model.data_mean.device)
         if warm:
@@ -225,8 +225,6 @@ class DSBM(Alternating):
         x0, x1 = pairs["x0"], pairs["x1"]
         m = torch.randint(0, len(x0), (B,), generator=generator, device=x0.device)
         x0, x1 = x0[m], x1[m]
-        if self._times is None:
-            self._times = BridgeTimes(model.reference, self.config.dsbm.time_margin)
         t, w = self._times.sample(role, B, generator=generator, dtype=x0.dtype, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = bridge_sample(model.reference, x0, x1, t, noise)
