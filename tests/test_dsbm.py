@@ -245,3 +245,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     assert {"dimension": "dimension 3", "nan": "NaN", "eps0": "eps", "coupling": "dsbm.coupling",
             "schedule": "dsbm.schedule"}[case] in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("steps", [2000, 9000, 20000, 23457])
+def test_open_imf_schedule_is_fitted_to_a_step_budget(steps):
+    """``iterations = 0`` with ``train.steps`` alone: the phases fill the budget exactly and the last
+    is a decoder phase (so the run ends on a decoder with its rate decayed); with a time budget the
+    schedule stays open until the probe fits it."""
+    cfg = config_from_dict({"method": "dsbm", "train": {"steps": steps}}, Config()).validate()
+    schedule = DSBM(cfg).schedule
+    assert schedule.total_steps() == steps
+    assert schedule.phase(steps - 1).role == "decoder"
+    assert schedule.phase(steps - 1).end == steps
+    timed = config_from_dict({"method": "dsbm", "train": {"steps": 0, "max_minutes": 1.0}}, Config()).validate()
+    assert DSBM(timed).schedule.total_steps() is None

@@ -74,8 +74,8 @@ class DSBMConfig(Section):
 
     schedule: str = "imf"          # imf (alternating Markovian projections, DSBM) | coupled (both networks in one loop, BM²)
     coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps)
-    iterations: int = 4            # imf: decoder phases (the encoder is fitted between them); 0: until the budget ends
-    half_steps: int = 5000         # imf: optimiser steps per phase
+    iterations: int = 0            # imf: decoder phases (the encoder is fitted between them); 0: as many as the budget holds
+    half_steps: int = 2000         # imf: optimiser steps per phase (stretched to fill a budget)
     first_steps: int = 0           # imf: steps of decoder phase 0 (0: half_steps); coupled: steps on the coupling before the loop
     num_steps: int = 100           # Euler-Maruyama steps of the simulated pairs and of decode/encode
     cache_size: int = 10000        # pairs in each cache
@@ -92,7 +92,7 @@ class DSBM(Alternating):
 
     settings = DSBMConfig
     # Like DSB: a phase's EMA weights become the next phase's simulator, so a short horizon; a 128x2 MLP.
-    defaults = {"train.ema_decay": 0.99, "model.hidden": 128, "model.blocks": 2}
+    defaults = {"train.ema_decay": 0.99, "train.lr": 2e-3, "model.hidden": 128, "model.blocks": 2}
     # decoder, encoder, decoder phases of 4 steps, caches of 64 pairs refreshed every 2 steps
     smoke = ("[dsbm]\niterations = 2\nhalf_steps = 4\nnum_steps = 4\ncache_size = 64\ncache_refresh = 2\n"
              "lr_final = 1.0\ncoupling = \"ot\"\not_block = 32\n")
@@ -119,8 +119,17 @@ class DSBM(Alternating):
 
     @classmethod
     def schedule_of(cls, config: Config) -> PhaseSchedule | None:
-        """The IMF phases; ``None`` for the coupled loop."""
-        return super().schedule_of(config) if config.dsbm.schedule == "imf" else None
+        """The IMF phases; ``None`` for the coupled loop. With ``iterations = 0`` ("until the budget
+        ends") and a step budget alone (``train.steps``, no ``train.max_minutes``), the phases are
+        fitted to ``train.steps`` at once (:meth:`PhaseSchedule.fit_to`), so the run ends on a finished
+        decoder phase with its rate decayed; a time budget fits them after timing the first steps."""
+        if config.dsbm.schedule != "imf":
+            return None
+        schedule = super().schedule_of(config)
+        t = config.train
+        if config.dsbm.iterations == 0 and t.steps and not t.max_minutes:
+            schedule = schedule.fit_to(t.steps, 0)
+        return schedule
 
     def __init__(self, config: Config):
         super().__init__(config)
