@@ -87,23 +87,17 @@ class Alternating(Method):
         return None if self.schedule is None else self.schedule.total_steps()
 
     def plan_window(self, step: int) -> PlanWindow | None:
-        """Time the first decoder phase, or the first encoder phase when
-        :meth:`times_first_encoder_phase` says so (after a warm start without simulated paths; dsbm), in whole cycles of ``cache_refresh`` steps; the plan is due by
+        """Time the first decoder phase, or the first encoder phase after a first decoder phase without
+        simulated paths (a warm start), in whole cycles of ``cache_refresh`` steps; the plan is due by
         the end of that phase (module docstring)."""
         schedule = self.schedule
         if schedule is None:
             return None
-        warm = self.times_first_encoder_phase() and schedule.encoder_phases != 0
+        warm = not self.needs_cache(schedule.phase(0)) and schedule.encoder_phases != 0
         start = schedule.first if warm else 0
         last = schedule.phase(start).end
         refresh = getattr(self.config, self.name).cache_refresh
         return PlanWindow(start, refresh or 1, last) if step < last else None  # a session from `last` on: too late
-
-    def times_first_encoder_phase(self) -> bool:
-        """True when the first decoder phase's step time says nothing of the later phases', so that
-        the budget plan times the first encoder phase instead: by default when that phase simulates
-        no paths (a warm start)."""
-        return not self.needs_cache(self.schedule.phase(0))
 
     def plan_budget(self, total_steps: int, step: int) -> dict:
         """Fit the schedule to ``total_steps`` (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`)."""

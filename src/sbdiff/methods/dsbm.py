@@ -131,12 +131,6 @@ class DSBM(Alternating):
             schedule = schedule.fit_to(t.steps, 0)
         return schedule
 
-    def times_first_encoder_phase(self) -> bool:
-        """Decoder phase 0 pays the iteration-0 coupling (Sinkhorn blocks), every later phase a simulated
-        cache: the budget plan times the first encoder phase (timed on phase 0, a 5-minute EOT run at
-        D = 64 planned too few steps and ended after 181 s)."""
-        return True
-
     def __init__(self, config: Config):
         super().__init__(config)
         self._data: Tensor | None = None  # data-side points, data coordinates
