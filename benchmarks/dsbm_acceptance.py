@@ -27,8 +27,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from sbdiff.bench.runner import run_bench
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,18 +44,18 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--tag", default="", help="suffix of the results file")
     a = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     start = time.monotonic()
+    minutes = a.minutes or (8.0 if a.what == "gaussian" else 5.0)
     rows = []
     for seed in a.seeds:
         for solver in a.solvers:
             if a.what == "gaussian":
-                row = run_bench("gaussian", solver, a.dim or 5, a.eps, seed=seed, minutes=a.minutes or 8.0,
+                row = run_bench("gaussian", solver, a.dim or 5, a.eps, seed=seed, minutes=minutes,
                                 n_test=a.n_test)
             else:
-                row = run_bench("eot", solver, a.dim or 16, a.eps, seed=seed, minutes=a.minutes or 5.0,
+                row = run_bench("eot", solver, a.dim or 16, a.eps, seed=seed, minutes=minutes,
                                 family=a.family, n_test=a.n_test)
-            row.update(what=a.what, minutes=a.minutes)
+            row.update(what=a.what, minutes=minutes)
             print(json.dumps(row), flush=True)
             rows.append(row)
     RESULTS.mkdir(exist_ok=True)
