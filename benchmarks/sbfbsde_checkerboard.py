@@ -19,9 +19,11 @@ weighting: held-out ``nll`` 3.638; 35 % / 5 % gave 3.611, and with the likelihoo
 sbfbsde's default since, 3.587: ``benchmarks/README.md``.)
 
 Acceptance (issue 16): held-out ``nelbo >= nll − 0.05``, >= 88 % of samples on the dark squares,
-NLL reported beside SGM's. Usage::
+NLL reported beside SGM's. ``--methods`` also takes ``dsbm`` (issue 24: bridge matching in generative
+mode, its preset's defaults; acceptance >= 90 % on the dark squares, ``nll`` within 0.1 nats of SGM's).
+Usage::
 
-    python benchmarks/sbfbsde_checkerboard.py [--minutes 6] [--methods sbfbsde,sgm] [--lr 2e-3]
+    python benchmarks/sbfbsde_checkerboard.py [--minutes 6] [--methods sbfbsde,sgm,dsbm] [--lr 2e-3]
         [--weighting auto] [--n-eval 2000] [--out runs/sbfbsde-checkerboard]
 
 Run it alone on the machine (budgets are wall-clock). Prints a table; writes ``results.json``.
@@ -86,7 +88,7 @@ def main() -> None:
     p.add_argument("--encoder-share", type=float, default=0.05, help="share of the budget for the encoder phase")
     p.add_argument("--lr", type=float, default=2e-3, help="sbfbsde's train.lr (SGM keeps its preset, 2e-3)")
     p.add_argument("--weighting", default="auto", help="sbfbsde.weighting of the decoder phases (auto: likelihood)")
-    p.add_argument("--methods", default="sbfbsde,sgm", help="comma-separated: which of sbfbsde, sgm to run")
+    p.add_argument("--methods", default="sbfbsde,sgm", help="comma-separated: which of sbfbsde, sgm, dsbm to run")
     p.add_argument("--n-eval", type=int, default=2000, help="held-out points for nll and nelbo")
     p.add_argument("--out", default="runs/sbfbsde-checkerboard")
     args = p.parse_args()
@@ -97,27 +99,34 @@ def main() -> None:
     np.save(out / "checker_test.npy", make_builtin("checkerboard", 5_000, seed=456))
     data = str(out / "checker.npy")
 
-    dsm_s, div_s = calibrate(data, train)
-    budget = 60.0 * args.minutes
-    first = max(1, int(args.dsm_share * budget / dsm_s))
-    enc = max(1, int(args.encoder_share * budget / div_s))
-    last = max(1, int((1 - args.dsm_share - args.encoder_share) * budget / div_s))  # the final decoder phase
-    raw = sbfbsde_config(first, enc, data, last, args.lr, args.weighting)
-    (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(raw)))
-    print(f"calibration: {1000 * dsm_s:.1f} ms/step DSM, {1000 * div_s:.1f} ms/step divergence form -> "
-          f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends "
-          f"(about {last} steps, its learning rate decaying over them)", flush=True)
-
     methods = [m for m in args.methods.split(",") if m]
-    if not methods or set(methods) - {"sbfbsde", "sgm"}:
-        p.error(f"--methods takes sbfbsde and/or sgm, got {args.methods!r}")
-    results = {"minutes": args.minutes, "calibration_ms": {"dsm": 1000 * dsm_s, "divergence": 1000 * div_s},
+    if not methods or set(methods) - {"sbfbsde", "sgm", "dsbm"}:
+        p.error(f"--methods takes sbfbsde, sgm and/or dsbm, got {args.methods!r}")
+    budget = 60.0 * args.minutes
+    calibration = None
+    if "sbfbsde" in methods:
+        dsm_s, div_s = calibrate(data, train)
+        calibration = {"dsm": 1000 * dsm_s, "divergence": 1000 * div_s}
+        first = max(1, int(args.dsm_share * budget / dsm_s))
+        enc = max(1, int(args.encoder_share * budget / div_s))
+        last = max(1, int((1 - args.dsm_share - args.encoder_share) * budget / div_s))  # the final decoder phase
+        raw = sbfbsde_config(first, enc, data, last, args.lr, args.weighting)
+        (out / "sbfbsde.toml").write_text(dumps_config(config_from_dict(raw)))
+        print(f"calibration: {1000 * dsm_s:.1f} ms/step DSM, {1000 * div_s:.1f} ms/step divergence form -> "
+              f"warm start {first} steps, encoder phase {enc} steps, then the decoder until the budget ends "
+              f"(about {last} steps, its learning rate decaying over them)", flush=True)
+    else:
+        first = enc = last = None
+
+    results = {"minutes": args.minutes, "calibration_ms": calibration,
                "schedule": {"first_steps": first, "encoder_steps": enc, "half_steps": last, "freeze_encoder": 1},
                "sbfbsde_lr": args.lr, "sbfbsde_weighting": args.weighting,
                "n_eval": args.n_eval}
     for method in methods:
         run = out / f"{method}_run"
-        extra = ["--config", str(out / "sbfbsde.toml")] if method == "sbfbsde" else ["--method", "sgm", "--data", data]
+        # sgm and dsbm (issue 24: generative bridge matching) run their presets' defaults
+        extra = (["--config", str(out / "sbfbsde.toml")] if method == "sbfbsde"
+                 else ["--method", method, "--data", data])
         start = time.monotonic()
         sbdiff("train", *extra, "--max-minutes", str(args.minutes), "--out", str(run))
         train_s = time.monotonic() - start
@@ -137,6 +146,10 @@ def main() -> None:
         sb = results["sbfbsde"]
         checks = {"nelbo >= nll - 0.05": sb["nelbo"] >= sb["nll"] - 0.05,
                   ">= 88 % on dark squares": sb["on_dark_squares"] >= 0.88}
+    if "dsbm" in results:
+        checks[">= 90 % of dsbm's samples on dark squares"] = results["dsbm"]["on_dark_squares"] >= 0.90
+        if "sgm" in results:
+            checks["dsbm's nll within 0.1 nats of sgm's"] = abs(results["dsbm"]["nll"] - results["sgm"]["nll"]) <= 0.1
     results["checks"] = checks
     (out / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -84,6 +84,15 @@ def test_a_budget_smaller_than_the_first_phase_is_one_decoder_phase():
     assert fitted.encoder_phases == 0 and fitted.total_steps() == 1200 and fitted.phase(1199).end == 1200
 
 
+def test_a_budget_for_the_first_phase_but_no_whole_iteration_is_one_shrunk_iteration():
+    # DSB's defaults (15k steps an iteration) on a 5-minute budget of a slow machine: iteration 0 alone
+    # would be the reference's reversal, in bridge mode no bridge at all (cBW2-UVP 14 % at D = 16)
+    schedule = PhaseSchedule(6, 5000)
+    fitted = schedule.fit_to(7445, 600)
+    check_fitted(schedule, fitted, 7445, 600)
+    assert fitted.encoder_phases == 1 and (fitted.first, fitted.enc) == (2481, 2481) and fitted.last == 7445 - 2 * 2481
+
+
 def test_a_plan_inside_the_first_encoder_phase_keeps_the_first_phase():
     s = PhaseSchedule(0, 10, 20, 5)
     fitted = s.fit_to(100, 23)

@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu (default), cuda or auto")
     t.add_argument("--seed", type=int)
     t.add_argument("--max-minutes", type=_nonneg_float, help="wall-clock budget; alone, it replaces the step budget; "
-                   "the alternating presets (dsb, sbfbsde) fit their phases to it")
+                   "the alternating presets (dsb, sbfbsde, dsbm) fit their phases to it")
     t.add_argument("--steps", type=int, help="step budget (0: none)")
     t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint with its saved config "
                    "(budgets are totals over the run: --steps N trains up to step N)")

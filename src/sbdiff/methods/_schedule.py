@@ -135,8 +135,9 @@ class PhaseSchedule:
         whose phases fit keeps them and its last decoder phase becomes finite with the rest of the
         budget. Otherwise: the most encoder phases (at most the schedule's) whose configured lengths
         fit, all lengths stretched by one factor (integer parts; the remainder goes into the last
-        decoder phase) to end at ``total`` on a decoder phase; fewer than the first phase's steps: one
-        decoder phase of ``total`` steps. The phases ``step`` has begun keep their start and the steps
+        decoder phase) to end at ``total`` on a decoder phase; where the first phase fits but no whole
+        iteration does, one iteration shrunk by that factor (below one); fewer than the first phase's
+        steps: one decoder phase of ``total`` steps. The phases ``step`` has begun keep their start and the steps
         taken in them (an encoder phase begun keeps the first phase's length and at least one
         decoder phase follows it), so only the current phase's end, and with it the learning rate of
         its steps taken (the cosine over its length), may move.
@@ -155,6 +156,9 @@ class PhaseSchedule:
         begun = int(step > first)  # an encoder phase has begun: the first decoder phase is done
         n = max(total - first, 0) // (enc + half)
         n = max(begun, n if n_max is None else min(n, n_max))
+        if n == 0 and total >= first and n_max != 0:
+            n = 1  # the first phase fits but no whole iteration does: one iteration, shrunk (iteration 0 alone
+            # is the reference's reversal, in bridge mode no bridge at all)
         if n == 0:
             return PhaseSchedule(1, half, max(total, step, 1))
         fixed = first if begun else 0  # steps not stretched
