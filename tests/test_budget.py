@@ -30,14 +30,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thr
 ALTERNATING = [name for name, cls in REGISTRY.items() if issubclass(cls, Alternating)]
 
 
-def check_fitted(schedule: PhaseSchedule, fitted: PhaseSchedule, total: int, step: int) -> None:
-    """``fitted`` ends at ``total`` on a decoder phase, with no more encoder phases than ``schedule``,
-    and puts the ``step`` steps taken in the phases they were taken in."""
+def check_fitted(schedule: PhaseSchedule, fitted: PhaseSchedule, total: int, step: int,
+                 configured: PhaseSchedule | None = None) -> None:
+    """``fitted`` ends at ``total`` on a decoder phase, with no more encoder phases than ``configured``
+    (by default ``schedule``), and puts the ``step`` steps taken in the phases ``schedule`` took them in."""
     assert fitted.total_steps() == total and not fitted.open_ended
     last = fitted.phase(total - 1)
     assert last.role == "decoder" and last.end == total and fitted.phase(total) == last
-    if schedule.encoder_phases is not None:
-        assert fitted.encoder_phases <= schedule.encoder_phases
+    configured = configured or schedule
+    if configured.encoder_phases is not None:
+        assert fitted.encoder_phases <= configured.encoder_phases
     for k in range(step):
         a, b = schedule.phase(k), fitted.phase(k)
         assert (a.iteration, a.role, a.start) == (b.iteration, b.role, b.start), k
@@ -122,6 +124,28 @@ def test_the_rate_decays_to_lr_final_over_the_planned_last_phase():
     assert again.schedule == method.schedule and half == again.schedule.half_steps
 
 
+def test_a_second_plan_in_the_first_encoder_phase_keeps_the_phases_run():
+    cfg = Config()
+    cfg.method, cfg.dsb.iterations, cfg.dsb.half_steps, cfg.dsb.cache_refresh = "dsb", 6, 1000, 50
+    method = make_method(cfg)
+    method.plan_budget(4000, 300)  # timed on an expensive first phase: 1 iteration, stretched to 1333 steps
+    first = method.schedule
+    assert (first.encoder_phases, first.first, first.enc) == (1, 1333, 1333)
+    assert method.replan_window(300, 300) == (1333, 50, 2666)  # the first encoder phase, planned by its end
+    assert method.replan_window(2666, 300) is None  # too late
+    plan = method.plan_budget(9000, 1500)  # the later phases are cheaper: more of the configured iterations
+    fitted = method.schedule
+    check_fitted(first, fitted, 9000, 1500, method.configured)  # the steps taken stay in their phases
+    assert fitted.encoder_phases == 3 and fitted.first == 1333 and fitted.enc >= 1500 - 1333
+    assert fitted.enc == fitted.half_steps == (9000 - 1333) * 1000 // 6000  # the configured lengths, stretched
+    again = make_method(cfg)
+    again.apply_plan(plan)
+    assert again.schedule == fitted and again.replan_window(1500, 1500) is None  # planned in the encoder phase
+    late = make_method(cfg)  # a second plan at the end of a first encoder phase longer than the configured one
+    late.plan_budget(4000, 300)
+    check_fitted(late.schedule, PhaseSchedule(**late.plan_budget(9000, 2666)["schedule"]), 9000, 2666, late.configured)
+
+
 def test_the_timed_window_skips_a_warm_start():
     cfg = Config()
     cfg.method, cfg.sbfbsde.half_steps, cfg.sbfbsde.cache_refresh = "sbfbsde", 100, 25
@@ -172,19 +196,26 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
     res = train.fit(cfg, tmp_path / "base", progress=False)
     meta = read_checkpoint(tmp_path / "base" / CHECKPOINT_FILE)[2]
     plan = meta["plan"]
+    plans = [plan["first_plan"], plan] if "first_plan" in plan else [plan]  # a second plan after the first phase
     total = plan["total_steps"]
-    assert plan["seconds_per_step"] == 1.0 and total == plan["at_step"] + int(train.PLAN_MARGIN * (60 - plan["at_step"]))
+    for p in plans:
+        left = 60 - p["at_step"]
+        assert p["seconds_per_step"] == 1.0 and p["total_steps"] == p["at_step"] + int(train.PLAN_MARGIN * left)
     assert res.stopped_by == "steps" and res.steps == total
     window = make_method(cfg).plan_window(0)
-    assert window.start < plan["at_step"] <= window.last  # timed in the window
+    assert window.start < plans[0]["at_step"] <= window.last  # timed in the window
+    if len(plans) == 2:  # timed again in the first encoder phase of the first plan
+        first = PhaseSchedule(**plans[0]["method"]["schedule"])
+        assert first.phase(plans[1]["at_step"] - 1).role == "encoder" and "first_plan" not in plans[0]
     schedule = PhaseSchedule(**plan["method"]["schedule"])
     assert schedule.total_steps() == total and schedule.phase(total - 1).role == "decoder"
     assert res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)  # decayed to lr_final
     rows = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["budget_plan"] for r in rows if "budget_plan" in r] == [plan]
+    logged = [r["budget_plan"] for r in rows if "budget_plan" in r]
+    assert logged[-1] == plan and all(p in plans for p in logged)
 
-    # killed just after the plan (resumed from the checkpoint written with it), then near the end
-    step, crash_at = train._train_step, [plan["at_step"], total - 5]
+    # killed just after each plan (resumed from the checkpoint written with it), then near the end
+    step, crash_at = train._train_step, [p["at_step"] for p in plans] + [total - 5]
 
     def crashing(s, state):
         if crash_at and state.step == crash_at[0]:
@@ -195,15 +226,42 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
     monkeypatch.setattr(train, "_train_step", crashing)
     with pytest.raises(Crash):
         train.fit(cfg, tmp_path / "split", progress=False)
-    assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["step"] == plan["at_step"]
-    with pytest.raises(Crash):
-        train.resume_run(tmp_path / "split", progress=False)
+    for p in plans:
+        assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["step"] == p["at_step"]
+        with pytest.raises(Crash):
+            train.resume_run(tmp_path / "split", progress=False)
     again = train.resume_run(tmp_path / "split", progress=False)
     assert plan["at_step"] < again.resumed_from < total - 5 and again.steps == total
     assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["plan"] == plan
     a = load_file(str(tmp_path / "base" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_plan_fits_the_schedule_to_the_later_phases_rate(tmp_path, monkeypatch):
+    # the first decoder phase costs 2 s a step, the later phases 1 s (bridge matching's OT coupling
+    # against its simulated caches): the first plan alone would end the run far inside its budget
+    now = types.SimpleNamespace(t=1000.0)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(monotonic=lambda: now.t, strftime=time.strftime))
+    step = train._train_step
+
+    def timed(s, state):
+        now.t += 2.0 if s.method.schedule.phase(state.step).index == 0 else 1.0
+        return step(s, state)
+
+    monkeypatch.setattr(train, "_train_step", timed)
+    cfg = _timed_config(tmp_path, "dsbm", minutes=2.0)
+    start = now.t
+    res = train.fit(cfg, tmp_path / "r", progress=False)
+    plan = read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]["plan"]
+    first = plan["first_plan"]
+    assert first["seconds_per_step"] == 2.0 and plan["seconds_per_step"] == 1.0
+    assert plan["total_steps"] > first["total_steps"] and res.steps == plan["total_steps"]
+    used, ran = now.t - start, PhaseSchedule(**first["method"]["schedule"]).first
+    assert 2 * ran + first["total_steps"] - ran < 0.5 * 120  # the first plan alone would end before half of it
+    assert 0.8 * 120 < used <= 120 and res.stopped_by == "steps"
+    schedule = PhaseSchedule(**plan["method"]["schedule"])
+    assert schedule.phase(res.steps - 1).role == "decoder" and res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)
 
 
 def test_train_steps_caps_the_plan(tmp_path, clock):

@@ -25,7 +25,13 @@ its learning rate decayed) and the plan is kept in the checkpoint, so a resume t
 schedule (:meth:`Alternating.apply_plan`). The timed steps are those of the first decoder phase, or of
 the first encoder phase when the first decoder phase trains without simulated paths (a warm start,
 :meth:`Alternating.needs_cache`; cheaper per step than the rest), in whole cycles of ``cache_refresh``
-steps (each holding one cache draw).
+steps (each holding one cache draw). A plan timed on the first decoder phase is made once more in
+the first encoder phase (:meth:`Alternating.replan_window`): the first decoder phase's steps need not
+cost what the later phases' do (bridge matching's first phase pays an OT coupling and simulates
+nothing, the later ones simulate a cache of the other network's paths; at D = 64 a plan on the first
+phase alone ended a 5-minute run after 181 s, and a generative run, whose first phase simulates
+nothing, ran into the time limit inside a phase), so the second plan refits the configured schedule,
+its first decoder phase as run, to the rate of the later phases.
 
 The cache of phase ``p`` is drawn at the steps ``due = p.start + j·cache_refresh`` (once per phase when
 ``cache_refresh = 0``) from a generator seeded by ``(seed, due, CACHE_STREAM)``, so a resumed run (or
@@ -64,7 +70,7 @@ class Alternating(Method):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.schedule = self.schedule_of(config)
+        self.schedule = self.configured = self.schedule_of(config)  # the one in force; the configured one
         self.phase: Phase | None = None  # the phase of the current step
         self.cache = None  # the frozen side's paths (what simulate returned)
         self._cache_step: int | None = None
@@ -99,10 +105,27 @@ class Alternating(Method):
         refresh = getattr(self.config, self.name).cache_refresh
         return PlanWindow(start, refresh or 1, last) if step < last else None  # a session from `last` on: too late
 
+    def replan_window(self, step: int, planned_at: int) -> PlanWindow | None:
+        """After a plan timed in the first decoder phase, time the first encoder phase (in whole cycles of
+        ``cache_refresh`` steps) and plan again by its end (module docstring)."""
+        schedule = self.schedule
+        if schedule is None or planned_at > schedule.first or not schedule.encoder_phases:
+            return None
+        start, last = schedule.first, schedule.first + schedule.enc
+        refresh = getattr(self.config, self.name).cache_refresh
+        return PlanWindow(start, refresh or 1, last) if step < last else None
+
     def plan_budget(self, total_steps: int, step: int) -> dict:
-        """Fit the schedule to ``total_steps`` (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`)."""
-        schedule = self.schedule.fit_to(total_steps, step)
-        kept = " (the configured schedule fits)" if schedule is self.schedule else ""
+        """Fit the configured schedule to ``total_steps``
+        (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`), with its first decoder phase as run
+        (a plan's length) once ``step`` is past it (a plan in the first encoder phase: a warm start's
+        or a second plan, :meth:`replan_window`), and its encoder phases no shorter than the steps the
+        first one has taken."""
+        base, ran = self.configured, self.schedule.first
+        if step > ran:
+            base = dataclasses.replace(base, first_steps=ran, encoder_steps=max(base.enc, step - ran))
+        schedule = base.fit_to(total_steps, step)
+        kept = " (the configured schedule fits)" if schedule is base else ""
         plan = {"schedule": dataclasses.asdict(schedule), "summary": schedule.describe() + kept}
         self.apply_plan(plan)
         return plan

@@ -193,6 +193,13 @@ class Method:
         schedule to fit, or ``step`` is at or past the window's end."""
         return None
 
+    def replan_window(self, step: int, planned_at: int) -> PlanWindow | None:
+        """Where to time the run again for a second fit of the schedule to the time budget, after a
+        plan made at step ``planned_at`` (:class:`PlanWindow`; the trainer then calls
+        :meth:`plan_budget` once more), for a session at step ``step``; ``None`` (the default): no
+        second plan (the first one timed steps that stand for the rest of the run)."""
+        return None
+
     def plan_budget(self, total_steps: int, step: int) -> dict | None:
         """Fit the method's schedule to ``total_steps`` steps in all (what the time budget allows,
         counted from step 0), after ``step`` steps (inside :meth:`plan_window`'s phase), and return the
