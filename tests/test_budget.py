@@ -21,6 +21,7 @@ from sbdiff.config import Config, load_config
 from sbdiff.methods import make_method
 from sbdiff.methods._alternating import Alternating
 from sbdiff.methods._schedule import OPEN, PhaseSchedule
+from sbdiff.methods.base import PlanWindow
 from sbdiff.registry import REGISTRY
 
 from test_distributed import _small_run
@@ -124,14 +125,14 @@ def test_the_rate_decays_to_lr_final_over_the_planned_last_phase():
     assert again.schedule == method.schedule and half == again.schedule.half_steps
 
 
-def test_a_second_plan_in_the_first_encoder_phase_keeps_the_phases_run():
+def test_later_plans_in_the_first_encoder_phase_and_at_the_last_decoder_phase_keep_the_phases_run():
     cfg = Config()
     cfg.method, cfg.dsb.iterations, cfg.dsb.half_steps, cfg.dsb.cache_refresh = "dsb", 6, 1000, 50
     method = make_method(cfg)
     method.plan_budget(4000, 300)  # timed on an expensive first phase: 1 iteration, stretched to 1333 steps
     first = method.schedule
     assert (first.encoder_phases, first.first, first.enc) == (1, 1333, 1333)
-    assert method.replan_window(300, 300) == (1333, 50, 2666)  # the first encoder phase, planned by its end
+    assert method.replan_window(300, 300) == PlanWindow(1333, 50, 2666)  # the first encoder phase, planned by its end
     assert method.replan_window(2666, 300) is None  # too late
     plan = method.plan_budget(9000, 1500)  # the later phases are cheaper: more of the configured iterations
     fitted = method.schedule
@@ -140,7 +141,13 @@ def test_a_second_plan_in_the_first_encoder_phase_keeps_the_phases_run():
     assert fitted.enc == fitted.half_steps == (9000 - 1333) * 1000 // 6000  # the configured lengths, stretched
     again = make_method(cfg)
     again.apply_plan(plan)
-    assert again.schedule == fitted and again.replan_window(1500, 1500) is None  # planned in the encoder phase
+    assert again.schedule == fitted
+    last = fitted.phase(8999).start  # then all steps up to the last decoder phase, planned at its start
+    assert again.replan_window(1500, 1500) == PlanWindow(1500, 50, last, early=False) and again.replan_window(last, 1500) is None
+    final = PhaseSchedule(**again.plan_budget(8000, last)["schedule"])  # slower than planned: a shorter last phase
+    check_fitted(fitted, final, 8000, last, again.configured)
+    p = final.phase(last)
+    assert (p.iteration, p.role, p.start, p.end) == (3, "decoder", last, 8000) and again.replan_window(last, last) is None
     late = make_method(cfg)  # a second plan at the end of a first encoder phase longer than the configured one
     late.plan_budget(4000, 300)
     check_fitted(late.schedule, PhaseSchedule(**late.plan_budget(9000, 2666)["schedule"]), 9000, 2666, late.configured)
@@ -149,12 +156,12 @@ def test_a_second_plan_in_the_first_encoder_phase_keeps_the_phases_run():
 def test_the_timed_window_skips_a_warm_start():
     cfg = Config()
     cfg.method, cfg.sbfbsde.half_steps, cfg.sbfbsde.cache_refresh = "sbfbsde", 100, 25
-    assert make_method(cfg).plan_window(0) == (100, 25, 200)  # after the DSM warm start: the first encoder phase
+    assert make_method(cfg).plan_window(0) == PlanWindow(100, 25, 200)  # after the DSM warm start: the first encoder phase
     assert make_method(cfg).plan_window(200) is None  # too late to plan
     cfg.sbfbsde.warm_start = "none"
-    assert make_method(cfg).plan_window(0) == (0, 25, 100)
+    assert make_method(cfg).plan_window(0) == PlanWindow(0, 25, 100)
     cfg.method = "dsb"
-    assert make_method(cfg).plan_window(0) == (0, cfg.dsb.cache_refresh, cfg.dsb.half_steps)
+    assert make_method(cfg).plan_window(0) == PlanWindow(0, cfg.dsb.cache_refresh, cfg.dsb.half_steps)
     cfg.method = "sgm"
     assert make_method(cfg).plan_window(0) is None  # nothing to plan
 
@@ -196,7 +203,9 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
     res = train.fit(cfg, tmp_path / "base", progress=False)
     meta = read_checkpoint(tmp_path / "base" / CHECKPOINT_FILE)[2]
     plan = meta["plan"]
-    plans = [plan["first_plan"], plan] if "first_plan" in plan else [plan]  # a second plan after the first phase
+    plans = [plan]  # the plans made, first to last (each holds the one before)
+    while "previous" in plans[0]:
+        plans.insert(0, plans[0]["previous"])
     total = plan["total_steps"]
     for p in plans:
         left = 60 - p["at_step"]
@@ -204,9 +213,13 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
     assert res.stopped_by == "steps" and res.steps == total
     window = make_method(cfg).plan_window(0)
     assert window.start < plans[0]["at_step"] <= window.last  # timed in the window
-    if len(plans) == 2:  # timed again in the first encoder phase of the first plan
-        first = PhaseSchedule(**plans[0]["method"]["schedule"])
-        assert first.phase(plans[1]["at_step"] - 1).role == "encoder" and "first_plan" not in plans[0]
+    assert len(plans) >= 2  # at least the last plan, at the start of the last decoder phase
+    for before, after in zip(plans, plans[1:]):
+        before_schedule = PhaseSchedule(**before["method"]["schedule"])
+        check_fitted(before_schedule, PhaseSchedule(**after["method"]["schedule"]), after["total_steps"],
+                     after["at_step"], make_method(cfg).configured)  # the steps taken stay in their phases
+    last_phase = PhaseSchedule(**plans[-2]["method"]["schedule"]).phase(plans[-2]["total_steps"] - 1)
+    assert plan["at_step"] == last_phase.start  # the last plan: at the start of the last decoder phase
     schedule = PhaseSchedule(**plan["method"]["schedule"])
     assert schedule.total_steps() == total and schedule.phase(total - 1).role == "decoder"
     assert res.last["lr"] == pytest.approx(0.1 * cfg.train.lr)  # decayed to lr_final
@@ -231,7 +244,7 @@ def test_a_timed_run_ends_on_its_planned_decoder_phase_and_resumes_bit_identical
         with pytest.raises(Crash):
             train.resume_run(tmp_path / "split", progress=False)
     again = train.resume_run(tmp_path / "split", progress=False)
-    assert plan["at_step"] < again.resumed_from < total - 5 and again.steps == total
+    assert plan["at_step"] <= again.resumed_from < total - 5 and again.steps == total
     assert read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)[2]["plan"] == plan
     a = load_file(str(tmp_path / "base" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
@@ -254,8 +267,10 @@ def test_a_second_plan_fits_the_schedule_to_the_later_phases_rate(tmp_path, monk
     start = now.t
     res = train.fit(cfg, tmp_path / "r", progress=False)
     plan = read_checkpoint(tmp_path / "r" / CHECKPOINT_FILE)[2]["plan"]
-    first = plan["first_plan"]
-    assert first["seconds_per_step"] == 2.0 and plan["seconds_per_step"] == 1.0
+    second = plan["previous"]  # the last plan (its rate timed over the phases after the second) ...
+    first = second["previous"]  # ... the second (timed on the first encoder phase), the first
+    assert "previous" not in first and first["seconds_per_step"] == 2.0
+    assert second["seconds_per_step"] == plan["seconds_per_step"] == 1.0
     assert plan["total_steps"] > first["total_steps"] and res.steps == plan["total_steps"]
     used, ran = now.t - start, PhaseSchedule(**first["method"]["schedule"]).first
     assert 2 * ran + first["total_steps"] - ran < 0.5 * 120  # the first plan alone would end before half of it

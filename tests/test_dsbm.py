@@ -112,6 +112,22 @@ def test_entropic_plan_agrees_with_pots_log_domain_solver():
         assert float((_plan(x0, x1, "entropic", eps, 20000) - log).abs().sum()) < 1e-4, eps
 
 
+def test_an_entropic_plan_sinkhorn_cannot_solve_is_the_exact_plan():
+    """``2·eps`` tiny against the cost: Sinkhorn misses the marginals within its cap, and the plan is
+    the exact OT plan (the entropic plan's limit), not an unconverged one."""
+    import ot
+
+    from sbdiff.couplings import _plan, _solved
+
+    g = torch.Generator().manual_seed(6)
+    x0, x1 = 5 * torch.randn(128, 16, generator=g).double(), 5 * torch.randn(128, 16, generator=g).double() + 2
+    a = torch.full((128,), 1 / 128, dtype=torch.float64)
+    cost = torch.cdist(x0, x1).pow(2)
+    raw = ot.sinkhorn(a, a, cost, 2 * 0.01, method="sinkhorn", numItermax=50, stopThr=1e-6)
+    assert not _solved(raw, a, a)  # the case this covers
+    assert torch.allclose(_plan(x0, x1, "entropic", 0.01, 50), ot.emd(a, a, cost))
+
+
 def test_entropic_coupling_tends_to_ot_and_independent_is_uniform():
     from sbdiff.couplings import _plan
 

@@ -39,15 +39,15 @@ fitted to it, once (:class:`_BudgetProbe`): the loop times the steps of the meth
 asks the method to fit its schedule to ``step + PLAN_MARGIN × (time left) / (seconds per step)``
 steps (capped by ``train.steps``; :meth:`~sbdiff.methods.Method.plan_budget`), so the run ends by its
 schedule, e.g. on a finished decoder phase with its learning rate decayed, just before the budget.
-Where the method says the timed steps do not stand for the later ones
-(:meth:`~sbdiff.methods.Method.replan_window`: the alternating presets after a plan on their first
-decoder phase), the loop times that window too and plans once more, the same way, from the step it
-has reached. The plan is in the checkpoint's metadata (``plan``, a second plan holding the first as
-``first_plan``; a checkpoint is written right after each) and a resume takes it again
-(:meth:`~sbdiff.methods.Method.apply_plan`) instead of timing anew, so it continues bit for bit (a
-resume between the two plans times the second window in its own session); each plan is also logged
-in the next ``metrics.jsonl`` row (``budget_plan``) and in one line on stderr. The time limit stays a
-hard stop. Step budgets alone are never planned.
+Where the method asks for it (:meth:`~sbdiff.methods.Method.replan_window`: the alternating presets
+time their first encoder phase after a plan on the first decoder phase, then every step up to the
+last decoder phase, whose length the last plan sets), the loop times that window too and plans again,
+the same way, from the step it has reached. The plan in force is in the checkpoint's metadata
+(``plan``, each holding the one before as ``previous``; a checkpoint is written right after each)
+and a resume takes it again (:meth:`~sbdiff.methods.Method.apply_plan`) instead of timing anew, so it
+continues bit for bit (a resume between two plans times the next window in its own session); each
+plan is also logged in the next ``metrics.jsonl`` row (``budget_plan``) and in one line on stderr.
+The time limit stays a hard stop. Step budgets alone are never planned.
 
 Randomness, shards and DDP
 --------------------------
@@ -380,8 +380,8 @@ class LoopState:
     plan : dict or None
         The time budget's plan in force (:class:`_BudgetProbe`): ``method`` (what
         ``Method.plan_budget`` returned), ``total_steps``, ``at_step``, ``seconds_per_step``,
-        ``budget_s`` and, for a second plan, ``first_plan`` (the first one's record); in the metadata
-        only once made.
+        ``budget_s`` and, for a later plan, ``previous`` (the record of the plan before); in the
+        metadata only once made.
     started : float
         ``time.monotonic()`` when this session's training began (not saved).
     """
@@ -533,7 +533,7 @@ def _max_steps(config: Config, method: Method) -> int | None:
 
 class _BudgetProbe:
     """Fits the method's schedule to ``train.max_minutes`` (module docstring, "Time budget"): once,
-    and once more where the method has a :meth:`~sbdiff.methods.Method.replan_window`.
+    and again in each window the method's :meth:`~sbdiff.methods.Method.replan_window` gives.
 
     It times the steps of the method's :class:`~sbdiff.methods.PlanWindow` (whole loop iterations:
     cache draws, log rows and checkpoints included), from the end of the window's first step and of
@@ -542,19 +542,19 @@ class _BudgetProbe:
     cycle, at once after :data:`PROBE_MAX_SHARE`, at the latest at the window's ``last`` step. Before
     the window (the steps of a warm start) it plans only when, after :data:`PROBE_MAX_SHARE`, the
     budget ends before the window at their rate. The timings are agreed over DDP ranks (their
-    maximum), so every rank takes the same plan. The second plan times its own window the same way
-    (from its second step), never plans before it, and keeps the first plan in its record. Inactive
-    without a time budget, for a method without a window, and on a resume that restored the last plan
-    it can make.
+    maximum), so every rank takes the same plan. A later plan times its own window the same way
+    (from its second step; a window that is not ``early`` plans at its ``last`` step only), never
+    plans before it, and keeps the plan before in its record. Inactive without a time budget, for a
+    method without a window, and on a resume that restored the last plan it can make.
     """
 
     def __init__(self, s: _Session, state: LoopState, budget: float, progress: bool):
         self.budget, self.progress = budget, progress
         self.session = (time.monotonic(), state.step)
         self.timed: tuple[float, int] | None = None  # (clock, step) where the timed steps begin
-        self.again = state.plan is not None  # the next plan is the second
+        self.again = state.plan is not None  # the next plan is a later one
         self.window = None
-        if math.isfinite(budget) and not (state.plan or {}).get("first_plan"):
+        if math.isfinite(budget):
             self.window = (s.method.replan_window(state.step, state.plan["at_step"]) if self.again
                            else s.method.plan_window(state.step))
 
@@ -567,6 +567,8 @@ class _BudgetProbe:
             self.timed = (time.monotonic(), k)
             if k < w.last:
                 return False
+        if not w.early and k < w.last:  # plans at its last step only (no DDP agreement on every step)
+            return False
         t0, k0 = self.timed if k > self.timed[1] else self.session  # (a window of one step: the session's)
         took, elapsed = _agree_max([time.monotonic() - t0, state.elapsed()], s.env, s.device)
         rate = max(took, 1e-9) / (k - k0)
@@ -576,8 +578,8 @@ class _BudgetProbe:
         if k <= w.start:  # not the window's steps: plan on them only when the budget ends before the window
             due = not self.again and took >= PROBE_MAX_SHARE * self.budget and total < w.start
         else:
-            due = k >= w.last or took >= PROBE_MAX_SHARE * self.budget or (
-                took >= PROBE_SHARE * self.budget and (k - k0) % w.every == 0)
+            due = k >= w.last or w.early and (took >= PROBE_MAX_SHARE * self.budget or (
+                took >= PROBE_SHARE * self.budget and (k - k0) % w.every == 0))
         return due and self._plan(s, state, total, rate)
 
     def _plan(self, s: _Session, state: LoopState, total: int, rate: float) -> bool:
@@ -587,14 +589,13 @@ class _BudgetProbe:
             return False
         record = {"method": plan, "total_steps": total, "at_step": state.step, "seconds_per_step": rate,
                   "budget_s": self.budget}
-        state.plan = {**record, "first_plan": state.plan} if self.again else record
+        state.plan = {**record, "previous": state.plan} if self.again else record
         _reset_lr(s.sched)  # the next step's rate under the fitted schedule
         if s.writer and self.progress:
             tqdm.write(f"sbdiff: budget {'re-plan' if self.again else 'plan'} after {state.step} steps at "
                        f"{1e3 * rate:.1f} ms/step: {plan.get('summary', total)}", file=sys.stderr)
-        if not self.again:  # time the method's second window, if it has one
-            self.again, self.timed = True, None
-            self.window = s.method.replan_window(state.step, state.step)
+        self.again, self.timed = True, None  # time the method's next window, if it has one
+        self.window = s.method.replan_window(state.step, state.step)
         return True
 
 

@@ -31,7 +31,11 @@ cost what the later phases' do (bridge matching's first phase pays an OT couplin
 nothing, the later ones simulate a cache of the other network's paths; at D = 64 a plan on the first
 phase alone ended a 5-minute run after 181 s, and a generative run, whose first phase simulates
 nothing, ran into the time limit inside a phase), so the second plan refits the configured schedule,
-its first decoder phase as run, to the rate of the later phases.
+its first decoder phase as run, to the rate of the later phases. A last plan at the start of the
+last decoder phase sets that phase's length alone, from the rate of every step since the plan
+before: the machine's speed drifts over a run (a plan on the first encoder phase alone ran a D = 64
+run into the time limit inside its last phase, the rate not decayed), and the last phase is what
+generates.
 
 The cache of phase ``p`` is drawn at the steps ``due = p.start + j·cache_refresh`` (once per phase when
 ``cache_refresh = 0``) from a generator seeded by ``(seed, due, CACHE_STREAM)``, so a resumed run (or
@@ -107,20 +111,34 @@ class Alternating(Method):
 
     def replan_window(self, step: int, planned_at: int) -> PlanWindow | None:
         """After a plan timed in the first decoder phase, time the first encoder phase (in whole cycles of
-        ``cache_refresh`` steps) and plan again by its end (module docstring)."""
+        ``cache_refresh`` steps) and plan again by its end; after a plan inside or after the first
+        encoder phase, time every step from it to the last decoder phase and plan at that phase's
+        start (module docstring)."""
         schedule = self.schedule
-        if schedule is None or planned_at > schedule.first or not schedule.encoder_phases:
+        if schedule is None or not schedule.encoder_phases:
             return None
-        start, last = schedule.first, schedule.first + schedule.enc
-        refresh = getattr(self.config, self.name).cache_refresh
-        return PlanWindow(start, refresh or 1, last) if step < last else None
+        refresh = getattr(self.config, self.name).cache_refresh or 1
+        if planned_at <= schedule.first:
+            window = PlanWindow(schedule.first, refresh, schedule.first + schedule.enc)
+        else:
+            last = schedule.phase(schedule.total_steps() - 1).start
+            window = PlanWindow(planned_at, refresh, last, early=False) if planned_at < last else None
+        return window if window is not None and step < window.last else None
 
     def plan_budget(self, total_steps: int, step: int) -> dict:
         """Fit the configured schedule to ``total_steps``
         (:meth:`~sbdiff.methods._schedule.PhaseSchedule.fit_to`), with its first decoder phase as run
         (a plan's length) once ``step`` is past it (a plan in the first encoder phase: a warm start's
         or a second plan, :meth:`replan_window`), and its encoder phases no shorter than the steps the
-        first one has taken."""
+        first one has taken; at the start of the last decoder phase of a fitted schedule (the last
+        plan), only that phase's length, to end at ``total_steps``."""
+        last = self.schedule.phase(step)
+        if step > self.schedule.first and last.start == step and last.end == self.schedule.total_steps():
+            # the last plan, at the start of the last decoder phase: that phase's length alone
+            schedule = dataclasses.replace(self.schedule, last_steps=max(total_steps - step, 1))
+            plan = {"schedule": dataclasses.asdict(schedule), "summary": schedule.describe()}
+            self.apply_plan(plan)
+            return plan
         base, ran = self.configured, self.schedule.first
         if step > ran:
             base = dataclasses.replace(base, first_steps=ran, encoder_steps=max(base.enc, step - ran))

@@ -66,11 +66,13 @@ class PlanWindow(NamedTuple):
     """Where the trainer times a run to fit a method's schedule to ``train.max_minutes``
     (:meth:`Method.plan_window`): from step ``start`` (the first step whose cost stands for the rest
     of the schedule) over a whole number of ``every`` steps (a cycle of the method's periodic costs,
-    e.g. its cache refreshes), and :meth:`Method.plan_budget` called by step count ``last``."""
+    e.g. its cache refreshes), and :meth:`Method.plan_budget` called by step count ``last``: at the
+    latest, or exactly there when ``early`` is false."""
 
     start: int
     every: int
     last: int
+    early: bool = True
 
 
 class Method:
@@ -194,10 +196,10 @@ class Method:
         return None
 
     def replan_window(self, step: int, planned_at: int) -> PlanWindow | None:
-        """Where to time the run again for a second fit of the schedule to the time budget, after a
+        """Where to time the run again for a further fit of the schedule to the time budget, after a
         plan made at step ``planned_at`` (:class:`PlanWindow`; the trainer then calls
-        :meth:`plan_budget` once more), for a session at step ``step``; ``None`` (the default): no
-        second plan (the first one timed steps that stand for the rest of the run)."""
+        :meth:`plan_budget` once more, and asks again after that plan), for a session at step
+        ``step``; ``None`` (the default): no further plan."""
         return None
 
     def plan_budget(self, total_steps: int, step: int) -> dict | None:
