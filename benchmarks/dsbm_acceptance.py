@@ -55,11 +55,12 @@ def bridge2d(minutes: float, seed: int, plot: Path | None) -> dict:
     moons = torch.as_tensor(load_data("moons", 2000, seed + 54321), dtype=torch.float32)
     paths = model.decode(src, trajectory=True, generator=gen)  # (K+1, 2000, 2), data coordinates
     decoded, encoded = paths[-1], model.encode(moons, generator=gen)
+    moons_ref, gaussians_ref = (load_data(name, 2000, seed + 777) for name in ("moons", "8gaussians"))
     row = {"what": "bridge2d", "minutes": minutes, "seed": seed, "steps": res.steps, "seconds": round(res.seconds, 1),
-           "w2_decoded_vs_moons": w2_exact(decoded.double().numpy(), load_data("moons", 2000, seed + 777)),
-           "w2_moons_vs_moons": w2_exact(moons.double().numpy(), load_data("moons", 2000, seed + 777)),
-           "w2_encoded_vs_8gaussians": w2_exact(encoded.double().numpy(), load_data("8gaussians", 2000, seed + 777)),
-           "w2_8gaussians_vs_8gaussians": w2_exact(src.double().numpy(), load_data("8gaussians", 2000, seed + 777))}
+           "w2_decoded_vs_moons": w2_exact(decoded.double().numpy(), moons_ref),
+           "w2_moons_vs_moons": w2_exact(moons.double().numpy(), moons_ref),
+           "w2_encoded_vs_8gaussians": w2_exact(encoded.double().numpy(), gaussians_ref),
+           "w2_8gaussians_vs_8gaussians": w2_exact(src.double().numpy(), gaussians_ref)}
     if plot is not None:
         import matplotlib
 

@@ -132,8 +132,8 @@ class Alternating(Method):
         or a second plan, :meth:`replan_window`), and its encoder phases no shorter than the steps the
         first one has taken; at the start of the last decoder phase of a fitted schedule (the last
         plan), only that phase's length, to end at ``total_steps``."""
-        last = self.schedule.phase(step)
-        if step > self.schedule.first and last.start == step and last.end == self.schedule.total_steps():
+        phase = self.schedule.phase(step)
+        if step > self.schedule.first and phase.start == step and phase.end == self.schedule.total_steps():
             # the last plan, at the start of the last decoder phase: that phase's length alone
             schedule = dataclasses.replace(self.schedule, last_steps=max(total_steps - step, 1))
             plan = {"schedule": dataclasses.asdict(schedule), "summary": schedule.describe()}
