@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from sbdiff.checkpoint import read_checkpoint
-from sbdiff.config import config_from_dict, dumps_config
+from sbdiff.config import Config, config_from_dict, dumps_config
 from sbdiff.data import make_builtin, on_checkerboard
 
 
@@ -90,6 +90,8 @@ def main() -> None:
     p.add_argument("--weighting", default="auto", help="sbfbsde.weighting of the decoder phases (auto: likelihood)")
     p.add_argument("--methods", default="sbfbsde,sgm", help="comma-separated: which of sbfbsde, sgm, dsbm to run")
     p.add_argument("--n-eval", type=int, default=2000, help="held-out points for nll and nelbo")
+    p.add_argument("--dsbm-net", choices=("preset", "sgm"), default="preset",
+                   help="dsbm's two networks: its preset's (128 x 2) or SGM's (the generic 256 x 3)")
     p.add_argument("--out", default="runs/sbfbsde-checkerboard")
     args = p.parse_args()
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -118,7 +120,7 @@ def main() -> None:
     else:
         first = enc = last = None
 
-    results = {"minutes": args.minutes, "calibration_ms": calibration,
+    results = {"minutes": args.minutes, "calibration_ms": calibration, "dsbm_net": args.dsbm_net,
                "schedule": {"first_steps": first, "encoder_steps": enc, "half_steps": last, "freeze_encoder": 1},
                "sbfbsde_lr": args.lr, "sbfbsde_weighting": args.weighting,
                "n_eval": args.n_eval}
@@ -127,6 +129,11 @@ def main() -> None:
         # sgm and dsbm (issue 24: generative bridge matching) run their presets' defaults
         extra = (["--config", str(out / "sbfbsde.toml")] if method == "sbfbsde"
                  else ["--method", method, "--data", data])
+        if method == "dsbm" and args.dsbm_net == "sgm":  # each of its networks the size of SGM's one
+            generic = Config().model  # only these keys explicit: the preset's other defaults stay
+            (out / "dsbm.toml").write_text(f'method = "dsbm"\n[data]\ndata = {json.dumps(data)}\n'
+                                           f"[model]\nhidden = {generic.hidden}\nblocks = {generic.blocks}\n")
+            extra = ["--config", str(out / "dsbm.toml")]
         start = time.monotonic()
         sbdiff("train", *extra, "--max-minutes", str(args.minutes), "--out", str(run))
         train_s = time.monotonic() - start
