@@ -95,7 +95,7 @@ def test_learned_coupling_follows_the_gaussian_ipf_iterates(tmp_path):
     iterates = gaussian_ipf(pair.m1, pair.S1, pair.m0, pair.S0, 1.0, 4)
     backward = [iterates[0]] + iterates[1::2]  # the reference, then the backward iterate of each iteration
     # N = 30 steps: with N = 10 the discrete chains' own IPF limit sat 0.17 from iterate 3
-    cfg = _bridge_config(tmp_path, target, source, half_steps=1200, iterations=1, num_steps=30)
+    cfg = _bridge_config(tmp_path, target, source, half_steps=700, iterations=1, num_steps=30)
     x1 = pair.sample_source(6000, np.random.default_rng(7))
     for n in (1, 2, 3):
         cfg.dsb.iterations = n
@@ -106,7 +106,7 @@ def test_learned_coupling_follows_the_gaussian_ipf_iterates(tmp_path):
         assert own < before and own < after, (n, own, before, after)
         assert own < 0.15, (n, own)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert rows[-1]["step"] == 1200 * 5 and rows[-1]["ipf_iteration"] == 2
+    assert rows[-1]["step"] == 700 * 5 and rows[-1]["ipf_iteration"] == 2
     assert {"drift_matching", "encoder_matching", "prior_loss"} <= set().union(*rows)
 
 

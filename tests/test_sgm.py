@@ -15,7 +15,7 @@ def trained():
     data = GaussianData([1.0, -2.0], [[2.0, 1.2], [1.2, 1.0]], VP())
     cfg = Config()
     cfg.model.hidden, cfg.model.blocks = 64, 2
-    cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 3000, 512, 2e-3
+    cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 1500, 512, 2e-3
     cfg.train.ema_decay = 0.995
     x = data.sample(20000, seed=0).numpy()
     result = fit(cfg, data=x, progress=False)
