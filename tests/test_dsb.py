@@ -188,7 +188,8 @@ def test_dsb_is_registered():
 def test_bridge_ends_are_in_data_coordinates():
     """With standardisation on, a bridge's prior points go into ``decode`` and come out of ``encode``
     in data coordinates (an untrained DSB with a tiny reference noise moves points by ~0)."""
-    cfg = config_from_dict({"method": "dsb", "data": {"prior": "moons"}, "reference": {"kind": "brownian", "eps": 1e-8},
+    cfg = config_from_dict({"method": "dsb", "data": {"prior": "moons", "normalize": True},  # set: bridges default to off
+                            "reference": {"kind": "brownian", "eps": 1e-8},
                             "model": {"hidden": 8, "blocks": 1, "time_dim": 8}, "dsb": {"num_steps": 4}},
                            Config()).validate()
     rng = np.random.default_rng(0)

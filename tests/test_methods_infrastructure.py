@@ -242,3 +242,69 @@ def test_one_freeze_policy_and_only_the_trainer_writes_the_ema(tmp_path, monkeyp
     assert seen["ema"] is not None
     if method in ("dsb", "sbfbsde"):  # alternating presets freeze a side in every step
         assert seen["checks"] >= 10
+
+
+def _alternating():
+    from sbdiff.methods._alternating import Alternating
+
+    return [name for name, cls in REGISTRY.items() if issubclass(cls, Alternating)]
+
+
+@pytest.mark.parametrize("method", _alternating())
+def test_every_alternating_preset_flags_a_stuck_prior_loss(method):
+    """The stuck-prior-loss line is the alternating base's: above ``PRIOR_LOSS_ALARM · d`` nats it
+    names the loss and the alarm, below (or without a prior loss) it is silent."""
+    from sbdiff.methods import make_method
+    from sbdiff.methods._alternating import PRIOR_LOSS_ALARM
+
+    cfg = _cfg_plain(method)
+    obj = make_method(cfg)
+    model = type("M", (), {"dim": 16})()
+    limit = PRIOR_LOSS_ALARM * 16
+    message = obj.run_warning(model, {"prior_loss": 1.01 * limit}, 10)
+    assert message is not None and f"{limit:.3g}" in message and method in message
+    assert obj.run_warning(model, {"prior_loss": 0.99 * limit}, 10) is None
+    assert obj.run_warning(model, {"prior_loss": float("nan")}, 10) is None and obj.run_warning(model, {}, 10) is None
+
+
+def _cfg_plain(method):
+    from sbdiff.config import Config, config_from_dict
+
+    return config_from_dict({"method": method, "train": {"steps": 10}}, Config()).validate()
+
+
+@pytest.mark.parametrize("method", ["dsb", "sbfbsde"])
+def test_a_stuck_prior_loss_is_flagged_at_the_end(tmp_path, capsys, method):
+    """Issue 26: a bridge whose encoder stays at the reference (one decoder phase, no encoder phase)
+    between two distant sets ends with a prior loss far above the alarm: the run says so in one line
+    on stderr, in ``metrics.jsonl`` and in the result; between sets the reference already joins
+    (source = target + N(0, eps)), it stays quiet. (dsbm's first phase fits a coupling of the two sets
+    and monitors no encoder, so an encoder left at the reference is not a dsbm run.)"""
+    import json
+
+    import numpy as np
+
+    from sbdiff.config import Config, config_from_dict
+
+    rng = np.random.default_rng(0)
+    target = (0.5 * rng.standard_normal((2000, 2))).astype(np.float32)
+    results = {}
+    for name, shift in (("far", 8.0), ("near", 0.0)):
+        source = (target + rng.standard_normal(target.shape) + shift).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", source)
+        np.save(tmp_path / "target.npy", target)
+        cfg = config_from_dict({"method": method, "reference": {"kind": "brownian", "eps": 1.0},
+                                "data": {"data": str(tmp_path / "target.npy"), "prior": str(tmp_path / f"{name}.npy")},
+                                "model": {"hidden": 32, "blocks": 1, "time_dim": 8},
+                                "train": {"steps": 20, "log_every": 10, "batch_size": 64},
+                                method: {"iterations": 1, "half_steps": 20, "num_steps": 8, "cache_size": 256}},
+                               Config())
+        results[name] = fit(cfg.validate(), tmp_path / name, progress=False)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        results[name + "_rows"] = [r for r in rows if "warning" in r]
+    err = capsys.readouterr().err
+    assert len(results["far"].warnings) == 1 and "prior loss" in results["far"].warnings[0]
+    assert len(results["far_rows"]) == 1 and results["far_rows"][0]["prior_loss"] > 0.1
+    assert results["far_rows"][0]["step"] == 20 and "loss" in results["far_rows"][0]  # the last training row
+    assert err.count("sbdiff: warning:") == 1 and "\n" not in err.split("sbdiff: warning:")[1].strip()
+    assert results["near"].warnings == () and results["near_rows"] == []

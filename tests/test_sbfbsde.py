@@ -447,3 +447,39 @@ def test_freeze_last_turns_the_phase_average_off():
         config_from_dict({"method": "sbfbsde", "sbfbsde": {"freeze": "last"},
                           "train": {"phase_average": True}}).validate()
 
+
+
+def test_encoder_phase_paths_start_at_the_prior_set_in_model_coordinates(tmp_path):
+    """Issue 26: an encoder phase's decoder paths start at rows of the prior data set mapped to model
+    coordinates (before, raw rows: with ``data.normalize`` on, the encoder fitted paths from a
+    mis-scaled prior set and the bridge collapsed)."""
+    from sbdiff.methods import make_method
+    from sbdiff.methods._schedule import Phase
+
+    data, prior = _bridge_files(tmp_path)
+    cfg = _tiny(Config())
+    cfg.data.data, cfg.data.prior, cfg.data.normalize = data, prior, True  # explicit: kept in bridge mode
+    cfg.reference = {"kind": "brownian", "eps": 1.0}
+    cfg.train.steps = 10
+    method = make_method(cfg.validate())
+    assert cfg.data.normalize
+    tgt, src = np.load(data) * 3.0 + 1.0, np.load(prior)  # a data scale far from 1
+    model = method.build(tgt, src)
+    assert not torch.allclose(model.data_scale, torch.ones(2))
+    cache = method.simulate(model, model.decoder, Phase(0, "encoder", 10, 20), torch.Generator().manual_seed(0))
+    starts = cache.xs[-1]  # the paths at T (stored in forward time)
+    rows = model.to_model(torch.as_tensor(src))
+    dist = torch.cdist(starts, rows).min(1).values
+    assert dist.max() < 1e-3  # float32 cdist; raw rows lie O(1) away
+
+
+def test_bridge_mode_does_not_standardise_unless_asked():
+    """Bridge mode poses entropic OT in the data's coordinates: ``data.normalize`` resolves to false
+    there (an explicit true is kept); the Gaussian prior keeps the standardisation."""
+    cfg = config_from_dict({"method": "sbfbsde", "data": {"prior": "source.npy"},
+                            "reference": {"kind": "brownian", "eps": 1.0}}, Config()).validate()
+    assert cfg.data.normalize is False
+    cfg = config_from_dict({"method": "sbfbsde", "data": {"prior": "source.npy", "normalize": True},
+                            "reference": {"kind": "brownian", "eps": 1.0}}, Config()).validate()
+    assert cfg.data.normalize is True
+    assert config_from_dict({"method": "sbfbsde"}, Config()).validate().data.normalize is True

@@ -243,7 +243,7 @@ def cmd_encode(args):
 
 # -- eval / demo / bench --------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .evaluation import consistency_warning, evaluate
 
     cfg, model = _load(args.run)
     data = load_data(args.data or cfg.data.data, cfg.data.n_samples, cfg.seed + 1)
@@ -265,6 +265,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(res, args.json)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+    line = consistency_warning(res)
+    if line is not None:
+        print(f"eval: warning: {line}", file=sys.stderr)
     return 0
 
 

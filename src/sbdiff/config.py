@@ -12,7 +12,8 @@ device = "cpu"
 data = "checkerboard"   # built-in name or .npy/.npz/.csv path
 prior = "gaussian"
 n_samples = 50000       # size of a generated built-in set
-normalize = true        # per-coordinate standardisation of vectors (likelihoods account for it)
+normalize = true        # per-coordinate standardisation of vectors (likelihoods account for it);
+                        # bridge mode (prior a data set): false unless set (BRIDGE_DEFAULTS)
 image_shape = "auto"    # auto | none | CxHxW ("1x8x8"); auto: digits and rank-3/4 .npy/.npz are images
                         # (auto also applies IMAGE_DEFAULTS: batch_size 128, ema_decay 0.995, to keys left at default)
 dequantize = "auto"     # images: auto (uniform when integer-valued) | uniform | none
@@ -234,7 +235,8 @@ class Config:
         may set and the user did not (:class:`Section`) takes its generic default, then the method's
         ``defaults``, then, when ``data.image_shape = "auto"`` resolves to an image,
         :data:`IMAGE_DEFAULTS` and each preset's ``image_defaults``; the user's explicit keys are
-        never touched, and ``auto`` values resolved before stay resolved (no second read of the data). ``auto`` values
+        never touched, and ``auto`` values resolved before stay resolved (no second read of the data); in
+        bridge mode (``data.prior`` a data set) :data:`BRIDGE_DEFAULTS` come last. ``auto`` values
         (image keys, a preset's own) are resolved, and each registered preset checks its section
         (``check``). ``defaults_of`` takes another preset's defaults than ``self.method``'s (the
         benchmark's peer solvers borrow the bridge presets' network and EMA).
@@ -261,6 +263,8 @@ class Config:
         if self.data.image_shape != "none" and "image_shape" not in self.data.explicit():  # auto: an image
             layers.update(IMAGE_DEFAULTS)
             layers.update(_preset_image_defaults())
+        if self.data.prior != "gaussian":
+            layers.update(BRIDGE_DEFAULTS)
         for key, value in layers.items():
             section, name = key.split(".")
             sec = getattr(self, section)
@@ -320,6 +324,10 @@ class Config:
 # smaller batches buy more steps for the same time, and a shorter EMA horizon (~200 steps) forgets
 # the zero-output initial network within a short budget.
 IMAGE_DEFAULTS = {"train.batch_size": 128, "train.ema_decay": 0.995}
+#: Defaults of bridge mode (``data.prior`` a data set). No per-coordinate standardisation: the
+#: bridge's problem is posed in the data's own coordinates (with ``brownian(eps)``, entropic OT with
+#: cost ``½‖x − y‖²`` and weight ``eps``, DESIGN §1), which a per-coordinate rescaling would change.
+BRIDGE_DEFAULTS = {"data.normalize": False}
 
 
 def _preset_image_defaults() -> dict[str, Any]:
@@ -329,7 +337,7 @@ def _preset_image_defaults() -> dict[str, Any]:
 
 def _layer_keys() -> set[str]:
     """The keys a default layer may set: any preset's ``defaults``, the image defaults."""
-    keys = set(IMAGE_DEFAULTS) | set(_preset_image_defaults())
+    keys = set(IMAGE_DEFAULTS) | set(BRIDGE_DEFAULTS) | set(_preset_image_defaults())
     for preset in REGISTRY.values():
         keys |= set(preset.defaults)
     return keys

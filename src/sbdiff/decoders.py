@@ -24,6 +24,12 @@ class Decoder(ControlledSDE):
 
     sign = -1.0
 
+    def skip_precision(self, t: Tensor) -> Tensor | None:
+        """``κ(t)`` ``(B,)`` when the control has the exact linear part ``ẑ = −g κ x + …`` (a Gaussian
+        skip), so that a backward integrator can take the part of the drift linear in ``x`` exactly
+        (:func:`~sbdiff.objectives.simulate_controlled`); ``None``: no such part is known."""
+        return None
+
 
 def check_parametrization(parametrization: str) -> None:
     """Refuse a score decoder's parametrization other than ``"noise"`` or ``"score"``."""
@@ -80,6 +86,16 @@ class ScoreDecoder(Decoder):
     def control(self, x: Tensor, t: Tensor) -> Tensor:
         t = as_time(t, x)
         return append_dims(self.reference.g(t), x.ndim) * self.score(x, t) - self.encoder.control(x, t)
+
+    def skip_precision(self, t: Tensor) -> Tensor | None:
+        """``κ = 1/(α_t² + σ_t²)`` of the noise parametrization's skip ``s = −x/(α_t² + σ_t²) + …`` over the
+        reference (``z_φ = 0``): the score of ``N(0, I)`` data (VP: ``κ = 1``); ``None`` for the
+        ``"score"`` parametrization or a linear encoder's matrix transitions."""
+        if self.parametrization != "noise" or not isinstance(self.encoder, FixedEncoder):
+            return None
+        ref = self.reference
+        zero = torch.zeros_like(t)
+        return 1.0 / (torch.exp(2 * ref.log_mean_coeff(zero, t)) + ref.transition_var(zero, t))
 
 
 class NeuralDecoder(Decoder):

@@ -152,7 +152,8 @@ class TrainResult:
 
     ``steps`` and ``seconds`` count the whole run (across resumes); ``skipped`` is the number of
     steps skipped for a non-finite loss or gradient; ``resumed_from`` the checkpoint step a resume
-    started from (``None`` for a fresh run).
+    started from (``None`` for a fresh run); ``warnings`` the method's lines at the end of training
+    (:meth:`~sbdiff.methods.Method.run_warning`, e.g. a stuck prior loss).
     """
 
     model: PathVAE
@@ -163,6 +164,7 @@ class TrainResult:
     last: dict
     skipped: int = 0
     resumed_from: int | None = None
+    warnings: tuple = ()
 
 
 class TrainingInterrupted(SbdiffError):
@@ -228,7 +230,9 @@ def _data_fingerprint(data: np.ndarray) -> str:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the log lines past ``step`` (and a partial last line) so each step is logged once."""
+    """Drop the log lines past ``step`` (and a partial last line) so each step is logged once, and the
+    end-of-training warnings of earlier sessions (the resumed run is judged again at its own end: a
+    row of its own is dropped, the key ``warning`` of a training row removed)."""
     if not path.exists():
         return
     keep = []
@@ -237,8 +241,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by the kill
-        if isinstance(row, dict) and row.get("step", math.inf) <= step:
-            keep.append(line)
+        if not isinstance(row, dict) or row.get("step", math.inf) > step:
+            continue
+        if "warning" in row:
+            if "loss" not in row:
+                continue
+            del row["warning"]
+            line = json.dumps(row)
+        keep.append(line)
     atomic_write_text("".join(f"{line}\n" for line in keep), path)
 
 
@@ -384,6 +394,8 @@ class LoopState:
         metadata only once made.
     started : float
         ``time.monotonic()`` when this session's training began (not saved).
+    warnings : list of str
+        The method's warnings at the end of this session (:func:`_warn_at_end`; not saved).
     """
 
     step: int = 0
@@ -396,6 +408,7 @@ class LoopState:
     phase_updates: int = 0
     plan: dict | None = None
     started: float = field(default_factory=time.monotonic)
+    warnings: list = field(default_factory=list)
 
     def elapsed(self) -> float:
         """Seconds of training over the whole run up to now."""
@@ -448,6 +461,7 @@ class _Session:
     saved_step: int | None = None
     saved_at: float = 0.0
     metrics_fh: object = None
+    last_row_at: int | None = None  # offset of the last row in metrics.jsonl (this session's)
     bar: object = None
     untrained: list = field(default_factory=list)  # (EMA, live) parameter pairs the optimiser does not update
     frozen: tuple | None = None  # the prefixes method.frozen gave for the last step
@@ -678,6 +692,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                     _log_row(s, state, idx)
                 if (planned and s.writer) or _checkpoint_due(s, state):  # the plan is on disk at once
                     _save_checkpoint(s, state)
+            if stopped_by != "signal" and state.step > 0:
+                _warn_at_end(s, state)
             _end_loop(s, state, stopped_by, signals)
     finally:
         s.bar.close()
@@ -691,7 +707,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         except CheckpointWriteError as err:
             raise CheckpointWriteError(f"{err}; the training state is in {s.ckpt_path}, write the weights with: "
                                        f"sbdiff train --resume {run_dir}") from None
-    return TrainResult(ema_model, run_dir, state.step, seconds, stopped_by, state.last, state.skipped, resumed_from)
+    return TrainResult(ema_model, run_dir, state.step, seconds, stopped_by, state.last, state.skipped, resumed_from,
+                       tuple(state.warnings))
 
 
 @torch.no_grad()
@@ -845,6 +862,7 @@ def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
         last["budget_plan"] = state.plan
     if s.metrics_fh is not None:
         try:
+            s.last_row_at = s.metrics_fh.tell()
             s.metrics_fh.write(json.dumps(last) + "\n")
             s.metrics_fh.flush()
         except OSError as err:
@@ -903,6 +921,31 @@ def _nonfinite_error(s: _Session, state: LoopState, what: str) -> SbdiffError:
              if s.saved_step is not None else "no checkpoint was written")
     return SbdiffError(f"training diverged: non-finite {what} at step {state.step} ({limit}); {where}. "
                        "Lower train.lr or check the data")
+
+
+def _warn_at_end(s: _Session, state: LoopState) -> None:
+    """The method's :meth:`~sbdiff.methods.Method.run_warning` at the end of training: one line on
+    stderr, kept in ``state.warnings``, and in ``metrics.jsonl`` (writing rank) as the key ``warning``
+    of the last row when that row is this step's (rewritten in place), else of a row of its own
+    ``{"step", "warning", "prior_loss"}``."""
+    message = s.method.run_warning(s.model, state.last, state.step)
+    if message is None:
+        return
+    state.warnings.append(message)
+    if not s.writer and s.run_dir is not None:
+        return
+    print(f"sbdiff: warning: {message}", file=sys.stderr, flush=True)
+    if s.metrics_fh is None:
+        return
+    if state.last.get("step") == state.step and s.last_row_at is not None:
+        row = {**state.last, "warning": message}
+        s.metrics_fh.flush()
+        s.metrics_fh.seek(s.last_row_at)
+        s.metrics_fh.truncate()
+    else:
+        row = {"step": state.step, "warning": message, "prior_loss": state.last.get("prior_loss")}
+    s.metrics_fh.write(json.dumps(row) + "\n")
+    s.metrics_fh.flush()
 
 
 def _end_loop(s: _Session, state: LoopState, stopped_by: str, signals: _StopSignals) -> None:

@@ -235,6 +235,13 @@ class Method:
         """Extra fields of the progress bar at step ``step`` (e.g. the IPF iteration)."""
         return {}
 
+    def run_warning(self, model: PathVAE, last: dict, step: int) -> str | None:
+        """One line to show when training ends (``last``: the run's last ``metrics.jsonl`` row,
+        ``step``: the steps taken), or ``None``: a silent failure the user should hear of (the
+        alternating presets: a prior loss that never came down). The trainer prints it on stderr
+        and logs it in ``metrics.jsonl`` (``warning``). The default says nothing."""
+        return None
+
     def checkpoint_due(self, step: int) -> bool:
         """True when a checkpoint should be written after step ``step`` (e.g. the end of a
         half-bridge), besides the loop's regular cadence."""
