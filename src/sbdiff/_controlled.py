@@ -24,12 +24,20 @@ class ControlledSDE(nn.Module):
         super().__init__()
         self.reference = reference
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        """The control (``z_φ`` or ``ẑ_θ``) at ``x`` of shape ``(B, ...)``, ``t`` of shape ``(B,)``."""
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """The control (``z_φ`` or ``ẑ_θ``) at ``x`` of shape ``(B, ...)``, ``t`` of shape ``(B,)``, given
+        the context ``c`` (``(B,)`` labels or ``(B, k)`` values in model form, one row per row of ``x``;
+        ``None``: unconditional, or the null context of a conditional network; DESIGN §4.6)."""
         raise NotImplementedError
 
-    def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """``f(x, t) + sign·g(t)·control(x, t)``, shape of ``x``."""
+    def drift(self, x: Tensor, t: Tensor | float, c: Tensor | None = None) -> Tensor:
+        """``f(x, t) + sign·g(t)·control(x, t, c)``, shape of ``x``."""
         t = as_time(t, x)
         f, g = self.reference.sde(x, t)
-        return f + self.sign * append_dims(g, x.ndim) * self.control(x, t)
+        return f + self.sign * append_dims(g, x.ndim) * control_at(self, x, t, c)
+
+
+def control_at(part, x: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+    """``part.control(x, t, c)``, called without ``c`` when there is no context (closed-form controls
+    of tests and benchmarks take ``(x, t)`` only)."""
+    return part.control(x, t) if c is None else part.control(x, t, c)

@@ -101,6 +101,10 @@ def build_train_config(args: argparse.Namespace, resume: Path | None = None) -> 
             overrides["train"]["steps"] = 0  # the time budget alone
     if args.steps is not None:
         overrides["train"]["steps"] = args.steps
+    cond = {k: v for k, v in (("labels", args.cond), ("window", args.window), ("horizon", args.horizon),
+                              ("p_uncond", args.p_uncond)) if v is not None}
+    if cond:
+        overrides["cond"] = cond
     return config_from_dict(overrides, cfg).validate()
 
 
@@ -166,11 +170,50 @@ def _finish_image_run(result, cfg: Config, *, progress: bool, n_grid: int = 100)
     return samples.numpy()
 
 
-def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> np.ndarray:
-    """Plots of samples and PF-ODE trajectories in the run directory; returns the samples."""
+def _finish_conditional_run(result, cfg: Config, *, progress: bool) -> None:
+    """Conditional runs: ``samples.png``, a grid of samples per class (labels; images, or a scatter of
+    the first two coordinates per class), or fan charts of forecasts on four validation windows
+    against the truth (series)."""
+    model = result.model
+    gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
+    if cfg.cond.kind == "label":
+        from .plots import plot_class_grid, plot_samples
+
+        k = cfg.cond.size
+        per = 10 if model.image_shape is not None else 200
+        x = model.sample(k * per, cond=np.repeat(np.arange(k), per), nfe=cfg.sample.nfe, generator=gen,
+                         progress=progress).cpu().numpy()
+        if model.image_shape is not None:
+            lo, hi = _image_range(model)
+            plot_class_grid(x.reshape(k, per, *model.image_shape[1:]), result.run_dir / "samples.png", vmin=lo,
+                            vmax=hi, title=f"{cfg.method}, class-conditional samples (rows: classes)")
+        else:
+            from .conditioning import load_training_set
+
+            data = load_training_set(cfg)[0]
+            plot_samples(x, data[:len(x)], result.run_dir / "samples.png",
+                         f"{cfg.method}: {per} samples of each of {k} classes")
+        return
+    from .conditioning import series_of
+    from .evaluation import forecast_samples
+    from .plots import plot_forecast_fans
+    from .series import evaluation_windows
+
+    history, future = evaluation_windows(series_of(cfg), cfg.cond.window, cfg.cond.horizon, part="validation")
+    pick = np.unique(np.linspace(0, len(history) - 1, min(4, len(history))).round().astype(int))
+    samples = forecast_samples(model, history[pick], 200, nfe=cfg.sample.nfe, seed=cfg.seed + 1)
+    plot_forecast_fans(history[pick], samples, future[pick], result.run_dir / "samples.png",
+                       title=f"{cfg.method} forecasts on validation windows (median, 50 % and 90 % bands)")
+
+
+def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> np.ndarray | None:
+    """Plots of samples and PF-ODE trajectories in the run directory; returns the samples (``None``
+    for a conditional run, :func:`_finish_conditional_run`)."""
     from .plots import plot_samples, plot_trajectories
 
     model = result.model
+    if model.conditional:
+        return _finish_conditional_run(result, cfg, progress=progress)
     if model.image_shape is not None:
         return _finish_image_run(result, cfg, progress=progress)
     gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
@@ -202,6 +245,7 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     kw = dict(nfe=nfe, ode=args.ode, solver=cfg.sample.ode_solver, generator=gen, progress=not args.quiet)
     if direction == "sample":
+        kw.update(_sample_context(args, cfg, model))
         start = model.sample_prior(args.n, generator=gen)
         direction = "decode"
     else:
@@ -229,8 +273,55 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
     return 0
 
 
+def _sample_context(args: argparse.Namespace, cfg: Config, model) -> dict:
+    """``sample``'s ``--cond`` / ``--guidance`` as keywords of :meth:`PathVAE.decode`."""
+    if args.guidance is not None and not (args.guidance >= 0 and np.isfinite(args.guidance)):
+        raise SbdiffError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if not model.conditional:
+        if args.cond is not None or args.guidance is not None:
+            raise SbdiffError(f"{args.run} is an unconditional run: drop --cond/--guidance")
+        return {}
+    if args.cond is None:
+        hint = "--cond K (a class label)" if cfg.cond.kind == "label" else "forecast RUN --history FILE"
+        raise SbdiffError(f"{args.run} is a conditional run: give {hint}")
+    if cfg.cond.kind != "label":
+        raise SbdiffError(f"{args.run} is a series run: draw forecasts with sbdiff forecast RUN --history FILE")
+    try:
+        label = int(args.cond)
+    except ValueError:
+        raise SbdiffError(f"--cond: expected an integer class label, got '{args.cond}'") from None
+    if args.guidance and cfg.cond.p_uncond == 0:
+        raise SbdiffError("--guidance needs a run trained with cond.p_uncond > 0 (its unconditional model); "
+                          "this one was trained with p_uncond = 0")
+    return {"cond": label, "guidance": float(args.guidance or 0.0)}
+
+
 def cmd_sample(args):
     return _transport(args, "sample")
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """``sbdiff forecast RUN --history FILE --n N --out FILE.npy``: ``N`` sample paths of the next ``H``
+    steps after the last ``L − H`` rows of FILE, shape ``(N, H, d)``."""
+    from .evaluation import forecast_samples
+    from .series import load_series
+
+    cfg, model = _load(args.run)
+    if cfg.cond.kind != "vector" or cfg.cond.window < 1:
+        raise SbdiffError(f"{args.run} is not a series run (train with --window L --horizon H)")
+    L, H = cfg.cond.window, cfg.cond.horizon
+    d = model.dim // H
+    history = load_series(args.history)
+    if history.shape[1] != d:
+        raise SbdiffError(f"{args.history}: the history has {history.shape[1]} variables, the run's series has {d}")
+    if len(history) < L - H:
+        raise SbdiffError(f"{args.history}: the history has {len(history)} rows, the run needs the last L - H = "
+                          f"{L - H}")
+    paths = forecast_samples(model, history[None, len(history) - (L - H):], args.n, nfe=args.nfe or cfg.sample.nfe,
+                             seed=args.seed, ode=args.ode, progress=not args.quiet)[0]
+    _save_npy(paths.astype(np.float32), args.out, "--out")
+    print(f"forecast: {args.n} paths of {H} steps x {d} variables after {L - H} rows of {args.history} -> {args.out}")
+    return 0
 
 
 def cmd_decode(args):
@@ -246,6 +337,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import consistency_warning, evaluate
 
     cfg, model = _load(args.run)
+    if model.conditional:
+        return _eval_conditional(args, cfg, model)
     data = load_data(args.data or cfg.data.data, cfg.data.n_samples, cfg.seed + 1)
     if data.shape[1] != model.dim:
         raise SbdiffError(f"{args.data}: data has dimension {data.shape[1]}, the model has {model.dim}")
@@ -268,6 +361,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     line = consistency_warning(res)
     if line is not None:
         print(f"eval: warning: {line}", file=sys.stderr)
+    return 0
+
+
+def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
+    """``eval`` of a conditional run (DESIGN §4.6). Labels: classifier accuracy of class-conditional
+    samples and per-class FD (:func:`~sbdiff.evaluation.label_scores`), ``nll`` = ``−log p(x | c)`` beside
+    ``nll_null`` (the null context) on held-out labelled points. Series: CRPS, CRPS-sum and interval
+    coverage on the test windows (:func:`~sbdiff.evaluation.forecast_eval`) and the conditional
+    ``nll`` of their futures."""
+    from .conditioning import load_training_set, series_of
+    from .evaluation import conditional_nll, forecast_eval, label_classifier, label_scores
+    from .series import evaluation_windows, flatten_windows
+
+    nfe = args.nfe or cfg.sample.nfe
+    if args.data:
+        raise SbdiffError("eval of a conditional run scores on the run's own data (labels or the series' test "
+                          "windows): drop --data")
+    if cfg.cond.kind == "label":
+        data, labels = load_training_set(cfg)
+        per_class = max(1, (args.samples or 500) // cfg.cond.size)
+        res = label_scores(model, data, labels, per_class=per_class, guidance=(0.0,), nfe=nfe, seed=args.seed,
+                           progress=not args.quiet)
+        _, _, (_, test) = label_classifier(data, labels, seed=args.seed)
+        pick = test[: args.n or (300 if model.image_shape is not None else 1000)]
+        res.update(conditional_nll(model, data[pick], labels[pick], seed=args.seed))
+    else:
+        series = series_of(cfg)
+        res = forecast_eval(model, series, cfg.cond.window, cfg.cond.horizon, n=args.samples or 100, nfe=nfe,
+                            seed=args.seed, progress=not args.quiet)
+        history, future = evaluation_windows(series, cfg.cond.window, cfg.cond.horizon)
+        res.update(conditional_nll(model, flatten_windows(future), flatten_windows(history), seed=args.seed))
+    if args.json:
+        _write_json(res, args.json)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     return 0
 
 
@@ -391,6 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: accept a config that differs from the run's beyond budgets, "
                    "checkpoint cadence and sampling settings")
+    t.add_argument("--cond", nargs="?", const="auto", metavar="LABELS.npy",
+                   help="class-conditional: integer labels, one per row of the data (alone: the built-in set's "
+                   "own, e.g. digits); sgm and vsdm")
+    t.add_argument("--window", type=_positive_int, metavar="L",
+                   help="series: train on sliding windows of L rows of --data (rows = time steps)")
+    t.add_argument("--horizon", type=_positive_int, metavar="H",
+                   help="series: generate the last H rows of a window given the first L - H")
+    t.add_argument("--p-uncond", type=_nonneg_float, help="probability of dropping the context in training "
+                   "(classifier-free guidance; default 0.1)")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -409,12 +545,27 @@ def build_parser() -> argparse.ArgumentParser:
                        "for samples/decodes of image runs")
         if name == "sample":
             s.add_argument("--png", help="image runs: also write a grid of the samples to this PNG")
+            s.add_argument("--cond", metavar="K", help="class-conditional runs: the class label to sample")
+            s.add_argument("--guidance", type=float, metavar="W",
+                           help="classifier-free guidance weight (default 0: the plain conditional model)")
         s.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the SDE")
         s.add_argument("--nfe", type=_positive_int, help="number of steps (default: the run's sample.nfe)")
         s.add_argument("--trajectory", help="also save the path, shape (K+1, N, d), to this .npy")
         s.add_argument("--seed", type=int, default=0)
         common(s)
         s.set_defaults(func=func)
+
+    f = sub.add_parser("forecast", help="series runs: sample paths of the next H steps after a history")
+    f.add_argument("run", help="run directory (trained with --window L --horizon H)")
+    f.add_argument("--history", required=True, help=".npy/.csv series (rows = time steps); its last L - H rows "
+                   "are the context")
+    f.add_argument("--n", type=_positive_int, required=True, help="number of sample paths")
+    f.add_argument("--out", required=True, help="output .npy, shape (N, H, d), data units")
+    f.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the SDE")
+    f.add_argument("--nfe", type=_positive_int, help="number of steps (default: the run's sample.nfe)")
+    f.add_argument("--seed", type=int, default=0)
+    common(f)
+    f.set_defaults(func=cmd_forecast)
 
     e = sub.add_parser("eval", help="likelihoods (nll, nelbo) and sample metrics of a run")
     e.add_argument("run", help="run directory")

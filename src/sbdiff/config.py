@@ -58,6 +58,14 @@ phase_average = false   # presets with phases: each phase averages its network a
 [sample]
 nfe = 500
 ode_solver = "heun"     # euler | heun | dopri5
+
+[cond]                  # conditional generation (DESIGN §4.6; docs/conditioning.md); sgm and vsdm
+labels = "none"         # none | auto (the data's own: digits) | path to integer labels .npy, one per row
+window = 0              # series: train on sliding windows of L rows of data.data (0: not a series)
+horizon = 0             # series: the last H rows of a window are generated, the first L - H are the context
+p_uncond = 0.1          # classifier-free guidance: probability of dropping the context in training
+kind = "none"           # resolved when training: none | label | vector
+size = 0                # resolved: number of classes K (labels) or context width (L - H)·d (series)
 ```
 """
 
@@ -76,7 +84,8 @@ from ._utils import SbdiffError
 from .references import make_reference
 from .registry import REGISTRY, method_class
 
-__all__ = ["Config", "Section", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "IMAGE_DEFAULTS",
+__all__ = ["Config", "Section", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "CondConfig",
+           "IMAGE_DEFAULTS",
            "preset_sections", "set_resolved", "load_config", "save_config"]
 
 
@@ -179,8 +188,28 @@ class SampleConfig(Section):
     ode_solver: str = "heun"
 
 
+@dataclass
+class CondConfig(Section):
+    labels: str = "none"
+    window: int = 0
+    horizon: int = 0
+    p_uncond: float = 0.1
+    kind: str = "none"
+    size: int = 0
+
+    @property
+    def requested(self) -> bool:
+        """True when the config asks for a conditional model (labels or series windows)."""
+        return self.labels != "none" or self.window > 0
+
+    def context(self) -> tuple[str, int] | None:
+        """The resolved context ``(kind, size)`` of the networks and the model, or ``None``."""
+        return None if self.kind == "none" else (self.kind, self.size)
+
+
 #: The sections every config has; each registered preset adds its own (``preset_sections``).
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
+             "cond": CondConfig}
 
 
 def preset_sections() -> dict[str, type]:
@@ -202,6 +231,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    cond: CondConfig = field(default_factory=CondConfig)
 
     def __post_init__(self):
         object.__setattr__(self, "_presets", {})
@@ -311,6 +341,31 @@ class Config:
             raise SbdiffError(f"sample.nfe must be at least 1, got {self.sample.nfe}")
         if self.sample.ode_solver not in ("euler", "heun", "dopri5"):
             raise SbdiffError(f"sample.ode_solver must be euler, heun or dopri5, got '{self.sample.ode_solver}'")
+        self._check_cond(cls)
+
+    def _check_cond(self, cls) -> None:
+        c = self.cond
+        if c.labels != "none" and c.window > 0:
+            raise SbdiffError("cond.labels and cond.window exclude each other: a run is conditioned on labels or "
+                              "on a series' history")
+        if c.window < 0 or c.horizon < 0:
+            raise SbdiffError(f"--window and --horizon must be >= 0, got L = {c.window}, H = {c.horizon}")
+        if c.window > 0 or c.horizon > 0:
+            if c.horizon < 1:
+                raise SbdiffError(f"a series run needs --horizon H >= 1 (the steps to forecast), got H = {c.horizon}")
+            if c.window <= c.horizon:
+                raise SbdiffError(f"the horizon H = {c.horizon} must be less than the window L = {c.window} "
+                                  "(a window is L - H observed steps followed by H generated ones)")
+        if not 0 <= c.p_uncond <= 1:
+            raise SbdiffError(f"cond.p_uncond must lie in [0, 1], got {c.p_uncond}")
+        if c.kind not in ("none", "label", "vector") or (c.kind != "none" and c.size < 1):
+            raise SbdiffError(f"cond.kind must be none, label or vector with cond.size >= 1, got {c.kind!r}, {c.size}")
+        if (c.requested or c.kind != "none") and not getattr(cls, "conditional", False):
+            names = ", ".join(name for name, k in REGISTRY.items() if getattr(k, "conditional", False))
+            raise SbdiffError(f"method '{self.method}' does not generate under a context (cond); conditional "
+                              f"generation is supported by {names}")
+        if (c.requested or c.kind != "none") and self.data.prior != "gaussian":
+            raise SbdiffError("conditional generation needs the Gaussian prior (no --prior data set)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._controlled import ControlledSDE
+from ._controlled import ControlledSDE, control_at
 from ._utils import SbdiffError, append_dims, as_time
 from .encoders import FixedEncoder
 from .references import ReferenceSDE
@@ -29,6 +29,13 @@ class Decoder(ControlledSDE):
         skip), so that a backward integrator can take the part of the drift linear in ``x`` exactly
         (:func:`~sbdiff.objectives.simulate_controlled`); ``None``: no such part is known."""
         return None
+
+    def guided_control(self, x: Tensor, t: Tensor, c: Tensor | None, guidance: float = 0.0) -> Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022; DESIGN §4.6): ``ẑ_w = (1 + w) ẑ(x, t, c) −
+        w ẑ(x, t, ∅)`` with ``w = guidance``; the plain control for ``w = 0`` or no context. Shape of ``x``."""
+        if c is None or guidance == 0:
+            return control_at(self, x, t, c)
+        return (1.0 + guidance) * self.control(x, t, c) - guidance * self.control(x, t, None)
 
 
 def check_parametrization(parametrization: str) -> None:
@@ -74,18 +81,18 @@ class ScoreDecoder(Decoder):
         self.net = net
         self.parametrization = parametrization
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Model score ``s_θ(x, t) ≈ ∇log q_t(x)``, shape of ``x``."""
+    def score(self, x: Tensor, t: Tensor | float, c: Tensor | None = None) -> Tensor:
+        """Model score ``s_θ(x, t | c) ≈ ∇log q_t(x | c)``, shape of ``x`` (``c``: the context, DESIGN §4.6)."""
         t = as_time(t, x)
-        out = self.net(x, t)
+        out = self.net(x, t) if c is None else self.net(x, t, c)
         if self.parametrization == "score":
             return out
         tr = self.encoder.gaussian_transition(torch.zeros_like(t), t, x)
         return -tr.inv_factor_t(tr.gaussian_noise(x) + out)
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         t = as_time(t, x)
-        return append_dims(self.reference.g(t), x.ndim) * self.score(x, t) - self.encoder.control(x, t)
+        return append_dims(self.reference.g(t), x.ndim) * self.score(x, t, c) - control_at(self.encoder, x, t, c)
 
     def skip_precision(self, t: Tensor) -> Tensor | None:
         """``κ = 1/(α_t² + σ_t²)`` of the noise parametrization's skip ``s = −x/(α_t² + σ_t²) + …`` over the
@@ -112,5 +119,5 @@ class NeuralDecoder(Decoder):
         super().__init__(reference)
         self.net = net
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.net(x, t) if c is None else self.net(x, t, c)

@@ -71,7 +71,7 @@ class FixedEncoder(Encoder):
 
     closed_form = True
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         return torch.zeros_like(x)
 
     def gaussian_transition(self, s: Tensor | float, t: Tensor | float, like: Tensor) -> GaussianTransition:
@@ -98,5 +98,5 @@ class NeuralEncoder(Encoder):
         super().__init__(reference)
         self.net = net
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.net(x, t) if c is None else self.net(x, t, c)

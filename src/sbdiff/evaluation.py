@@ -20,7 +20,8 @@ from .objectives import simulate_controlled
 from .solvers import make_grid
 
 __all__ = ["evaluate", "isotropic_gaussian_nll", "drift_matching_residual", "consistency_warning",
-           "RESIDUAL_MAX_DIM"]
+           "RESIDUAL_MAX_DIM", "label_classifier", "label_scores", "conditional_nll", "forecast_samples",
+           "forecast_eval"]
 
 #: Largest dimension for which :func:`evaluate` reports the kernel estimate of the drift-matching
 #: residual (a kernel score estimate degrades fast with the dimension).
@@ -214,3 +215,93 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
     out.update(sample_metrics(samples, data, seed=seed))
     out["eval_seconds"] = round(time.monotonic() - start, 2)
     return out
+
+
+# -- conditional models (DESIGN §4.6) --------------------------------------------------------------
+def label_classifier(data: np.ndarray, labels: np.ndarray, *, seed: int = 0):
+    """A classifier of the real data for scoring class-conditional samples: an RBF support-vector
+    machine (:class:`sklearn.svm.SVC`, ``gamma = "scale"``) fitted on a stratified 75 % of ``(data,
+    labels)`` (``(N, D)``, ``(N,)``); returns ``(classifier, accuracy on the held-out 25 %, (train
+    rows, test rows))``."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.svm import SVC
+
+    idx = np.arange(len(data))
+    train, test = train_test_split(idx, test_size=0.25, random_state=seed, stratify=labels)
+    clf = SVC(gamma="scale").fit(data[train], labels[train])
+    return clf, float((clf.predict(data[test]) == labels[test]).mean()), (train, test)
+
+
+def label_scores(model: PathVAE, data: np.ndarray, labels: np.ndarray, *, per_class: int = 100,
+                 guidance=(0.0,), nfe: int = 500, seed: int = 0, progress: bool = False) -> dict:
+    """Scores of a class-conditional model (DESIGN §4.6): for each guidance weight ``w``, ``per_class``
+    samples of every class, classified by :func:`label_classifier` fitted on the real data
+    ``(N, D)`` with labels ``(N,)``: ``accuracy_w{w}`` (the share classified as the class asked for)
+    and ``fd_w{w}`` (the mean over classes of the Fréchet distance ``BW2²`` between the Gaussian fits of
+    a class's samples and of its real points, data units; ``fd_floor``: the same between the real
+    training and test split of each class, the metric's own noise level). ``classifier_accuracy``:
+    the classifier's accuracy on the real held-out split."""
+    from .bench.metrics import bures_wasserstein2, fit_gaussian
+
+    clf, acc, (train, test) = label_classifier(data, labels, seed=seed)
+    classes = np.unique(labels)
+    out: dict = {"classifier_accuracy": acc, "per_class": per_class}
+    floor = [bures_wasserstein2(*fit_gaussian(data[train][labels[train] == k]), *fit_gaussian(data[test][labels[test] == k]))
+             for k in classes]
+    out["fd_floor"] = float(np.mean(floor))
+    for w in guidance:
+        gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
+        asked = np.repeat(classes, per_class)
+        x = model.sample(len(asked), cond=asked, guidance=float(w), nfe=nfe, generator=gen, progress=progress)
+        x = x.cpu().numpy().reshape(len(asked), -1)
+        out[f"accuracy_w{w:g}"] = float((clf.predict(x) == asked).mean())
+        out[f"fd_w{w:g}"] = float(np.mean([bures_wasserstein2(*fit_gaussian(x[asked == k]),
+                                                               *fit_gaussian(data[labels == k])) for k in classes]))
+    return out
+
+
+def conditional_nll(model: PathVAE, x: np.ndarray, cond, *, seed: int = 0, exact: bool | None = None,
+                    batch_size: int = 1000) -> dict:
+    """Conditional and unconditional likelihood of points ``x`` ``(N, D)`` with contexts ``cond``:
+    ``nll`` = ``−log p(x | c)`` and ``nll_null`` = ``−log p(x | ∅)`` (the null context: the model a run
+    with ``cond.p_uncond > 0`` trains alongside), nats per sample, each with its standard error, and in
+    bits/dim (dequantised images: the discrete data's bound, :meth:`PathVAE.bits_per_dim`)."""
+    gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
+    pts = model.dequantize(torch.as_tensor(x, dtype=torch.float32, device=model.data_mean.device), generator=gen)
+    out = {}
+    for key, c in (("nll", cond), ("nll_null", "null")):
+        g = torch.Generator(device=model.data_mean.device).manual_seed(seed)
+        nll = -model.log_prob(pts, cond=c, exact=exact, generator=g, batch_size=batch_size).double().cpu().numpy()
+        out[key] = float(nll.mean())
+        out[f"{key}_se"] = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+        out[f"{key}_bpd"] = float(model.bits_per_dim(out[key]))
+    return out
+
+
+def forecast_samples(model: PathVAE, history: np.ndarray, n: int, *, nfe: int = 500, seed: int = 0,
+                     ode: bool = False, progress: bool = False) -> np.ndarray:
+    """``n`` sample paths of the next ``H`` steps after each history window (``(W, L − H, d)``, data
+    units) from a series model (``cond.window = L``, ``cond.horizon = H``; DESIGN §4.6): returns
+    ``(W, n, H, d)``."""
+    W, past, d = history.shape
+    ctx = np.repeat(history.reshape(W, past * d), n, axis=0)
+    gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
+    draws = []
+    for chunk in np.array_split(np.arange(len(ctx)), max(1, math.ceil(len(ctx) / 20_000))):
+        z = model.sample_prior(len(chunk), generator=gen)
+        draws.append(model.decode(z, cond=ctx[chunk], nfe=nfe, ode=ode, generator=gen, progress=progress).cpu().numpy())
+    out = np.concatenate(draws).astype(np.float64)
+    return out.reshape(W, n, model.dim // d, d)
+
+
+def forecast_eval(model: PathVAE, series: np.ndarray, window: int, horizon: int, *, n: int = 100,
+                  part: str = "test", nfe: int = 500, seed: int = 0, progress: bool = False) -> dict:
+    """Forecast scores of a series model on the ``part`` windows of ``series`` ``(T, d)``
+    (:func:`sbdiff.series.evaluation_windows`): CRPS per entry, CRPS-sum, normalised CRPS and the
+    coverage of the 50 % / 90 % central intervals from ``n`` sample paths per window
+    (:func:`sbdiff.series.forecast_scores`, ``scoringrules``)."""
+    from .series import evaluation_windows, forecast_scores
+
+    history, future = evaluation_windows(series, window, horizon, part=part)
+    samples = forecast_samples(model, history, n, nfe=nfe, seed=seed, progress=progress)
+    return forecast_scores(samples, future)

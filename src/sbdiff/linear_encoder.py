@@ -270,7 +270,7 @@ class LinearEncoder(Encoder):
         """``Σ(s, t) = Cov(X_t | X_s)``, shape ``(B, d, d)`` (also for the diagonal family)."""
         return self.gaussian_transition(s, t, like).covariance()
 
-    def control(self, x: Tensor, t: Tensor) -> Tensor:
+    def control(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         """``z = −½ √β (D_t − I) x``, shape ``(B, d)``."""
         t = as_time(t, x)
         U, lam = self.spectrum()

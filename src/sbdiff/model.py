@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import SbdiffError, append_dims, as_time
+from ._controlled import control_at
 from .decoders import Decoder
 from .encoders import Encoder
 from .objectives import path_elbo, simulated_path_elbo
@@ -58,12 +59,19 @@ class PathVAE(nn.Module):
         A fixed increasing time grid ``0 = t_0 < … < t_N = T`` on which the SDEs are defined (DSB's
         discrete chains, DESIGN §4.2): :meth:`decode` and :meth:`encode` then run Euler–Maruyama on it
         whatever ``nfe`` says (``nfe`` still sets the ODE's steps). Saved as a buffer.
+    context : tuple (kind, size), optional
+        A conditional model (DESIGN §4.6): ``("label", K)`` for class labels ``0 … K−1``, or
+        ``("vector", k)`` for observed values of ``k`` coordinates (a series' history), standardised
+        by the buffers ``context_mean``, ``context_scale`` (:meth:`fit_context_scaling`). Every
+        generating and scoring method then takes ``cond`` (labels ``(N,)`` or values ``(N, k)`` in data
+        units), and the likelihoods are ``log p(x | c)``.
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, dim: int, t_min: float = 1e-3,
                  data_mean: Tensor | None = None, data_scale: Tensor | None = None,
                  image_shape: tuple[int, int, int] | None = None, dequant_step: float = 0.0,
-                 prior_data: Tensor | None = None, sde_grid: Tensor | None = None):
+                 prior_data: Tensor | None = None, sde_grid: Tensor | None = None,
+                 context: tuple[str, int] | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -92,6 +100,84 @@ class PathVAE(nn.Module):
             self.register_buffer("sde_grid", grid.clone())
         else:
             self.sde_grid = None
+        self.context = None if context is None else (str(context[0]), int(context[1]))
+        if self.context is not None and self.context[0] == "vector":
+            self.register_buffer("context_mean", torch.zeros(self.context[1]))
+            self.register_buffer("context_scale", torch.ones(self.context[1]))
+
+    # -- context (DESIGN §4.6) ------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """True when the model generates under a context (:attr:`context`)."""
+        return self.context is not None
+
+    def fit_context_scaling(self, c: Tensor) -> None:
+        """Vector contexts: standardise by the mean and standard deviation of the training contexts
+        ``c`` ``(N, k)`` (data units; a constant coordinate keeps scale 1)."""
+        if self.context is None or self.context[0] != "vector":
+            return
+        c = torch.as_tensor(c, dtype=torch.float64)
+        std = c.std(0) if len(c) > 1 else torch.ones(c.shape[1], dtype=torch.float64)
+        self.context_mean.copy_(c.mean(0).float())
+        self.context_scale.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).float())
+
+    def context_to_model(self, cond, n: int | None = None) -> Tensor | None:
+        """Check a context and bring it to the form the networks take: labels ``(N,)`` as int64 in
+        ``0 … K−1`` (one label, an int, is repeated ``n`` times), values ``(N, k)`` standardised.
+        ``"null"``: the null context for every row (the unconditional model a run trained with
+        ``cond.p_uncond > 0`` holds). ``None`` for an unconditional model; :class:`~sbdiff.SbdiffError`
+        for a missing context, a label
+        never seen in training, values of another width, NaN or inf, or ``N`` other than ``n``."""
+        if self.context is None:
+            if cond is not None:
+                raise SbdiffError("this model is unconditional: it takes no context (cond)")
+            return None
+        kind, size = self.context
+        if isinstance(cond, str) and cond == "null":  # the null context: the model with c dropped (CFG)
+            rows = 1 if n is None else int(n)
+            c = torch.zeros(rows, dtype=torch.int64) if kind == "label" else torch.zeros(rows, size)
+            return self.drop_context(c.to(self.data_mean.device), torch.ones(rows, dtype=torch.bool,
+                                                                           device=self.data_mean.device))
+        if cond is None:
+            what = "a class label" if kind == "label" else f"observed values ({size} per sample)"
+            raise SbdiffError(f"this model is conditional: give {what} as cond")
+        device = self.data_mean.device
+        if kind == "label":
+            c = torch.as_tensor(cond)
+            if c.ndim == 0:
+                c = c.reshape(1).expand(1 if n is None else int(n))
+            if c.ndim != 1:
+                raise SbdiffError(f"labels: expected one integer label per sample, shape (N,), got {tuple(c.shape)}")
+            if c.is_floating_point():
+                if not bool(torch.isfinite(c).all()) or not bool((c == c.round()).all()):
+                    raise SbdiffError("labels must be integers")
+            elif c.dtype == torch.bool or c.is_complex():
+                raise SbdiffError(f"labels must be integers, got {c.dtype}")
+            c = c.to(torch.int64)
+            bad = c[(c < 0) | (c >= size)]
+            if len(bad):
+                raise SbdiffError(f"label {int(bad[0])} was never seen in training (this run's classes are "
+                                  f"0 … {size - 1})")
+            out = c.to(device)
+        else:
+            c = torch.as_tensor(cond, dtype=torch.float32)
+            if c.ndim == 1 and n is not None and len(c) == size:
+                c = c.reshape(1, size).expand(int(n), size)
+            if c.ndim != 2 or c.shape[1] != size:
+                raise SbdiffError(f"context: expected shape (N, {size}), got {tuple(c.shape)}")
+            if not bool(torch.isfinite(c).all()):
+                raise SbdiffError("context: contains NaN or inf")
+            out = (c.to(device) - self.context_mean) / self.context_scale
+        if n is not None and len(out) != int(n):
+            raise SbdiffError(f"context: {len(out)} rows for {int(n)} samples")
+        return out
+
+    def drop_context(self, c: Tensor, mask: Tensor) -> Tensor:
+        """The model-form context ``c`` with the rows where ``mask`` ``(B,)`` is true replaced by the
+        null context (:func:`~sbdiff.nets.drop_context`; classifier-free guidance's training)."""
+        from .nets import drop_context
+
+        return drop_context(c, mask, self.context)
 
     @property
     def bridge(self) -> bool:
@@ -173,13 +259,28 @@ class PathVAE(nn.Module):
         return x.to(dtype=self.data_mean.dtype, device=self.data_mean.device)
 
     # -- fields ---------------------------------------------------------------------------------
-    def velocity(self, y: Tensor, t: Tensor | float) -> Tensor:
-        """Probability-flow velocity ``f + ½ g (z − ẑ)`` (DESIGN §3), model coordinates, ``(B, d)``."""
+    def velocity(self, y: Tensor, t: Tensor | float, c: Tensor | None = None, guidance: float = 0.0) -> Tensor:
+        """Probability-flow velocity ``f + ½ g (z − ẑ)`` (DESIGN §3), model coordinates, ``(B, d)``;
+        given the model-form context ``c`` (:meth:`context_to_model`), with ``ẑ`` guided by weight
+        ``guidance`` (:meth:`~sbdiff.decoders.Decoder.guided_control`)."""
         t = as_time(t, y)
         f, g = self.reference.sde(y, t)
-        z = self.encoder.control(y, t)
-        zhat = self.decoder.control(y, t)
+        z = control_at(self.encoder, y, t, c)
+        zhat = self.decoder.guided_control(y, t, c, guidance)
         return f + 0.5 * append_dims(g, y.ndim) * (z - zhat)
+
+    def _fields(self, c: Tensor | None, guidance: float):
+        """``(velocity, decoder drift, encoder drift)`` given the model-form context ``c`` (the
+        model's own methods when there is none)."""
+        if c is None:
+            return self.velocity, self.decoder.drift, self.encoder.drift
+
+        def decoder_drift(y, t):
+            t = as_time(t, y)
+            f, g = self.reference.sde(y, t)
+            return f - append_dims(g, y.ndim) * self.decoder.guided_control(y, t, c, guidance)
+
+        return (lambda y, t: self.velocity(y, t, c, guidance)), decoder_drift, (lambda y, t: self.encoder.drift(y, t, c))
 
     def prior_logp(self, y: Tensor) -> Tensor:
         """Log density of the prior at ``y`` (model coordinates, ``(B, d)``); returns ``(B,)``."""
@@ -196,13 +297,14 @@ class PathVAE(nn.Module):
 
     # -- transport ----------------------------------------------------------------------------
     def _integrate(self, y: Tensor, ts: Tensor, sde_drift, *, ode: bool, solver: str,
-                   trajectory: bool, generator, progress: bool) -> Tensor:
+                   trajectory: bool, generator, progress: bool, velocity=None) -> Tensor:
+        velocity = self.velocity if velocity is None else velocity
         if ode:
             if solver not in ODE_SOLVERS:
                 raise SbdiffError(f"unknown ODE solver '{solver}'; choose from {', '.join(ODE_SOLVERS)}")
             if solver == "dopri5":
-                return ode_adaptive(self.velocity, y, ts, trajectory=trajectory)
-            return ode_fixed(self.velocity, y, ts, method=solver, trajectory=trajectory, progress=progress)
+                return ode_adaptive(velocity, y, ts, trajectory=trajectory)
+            return ode_fixed(velocity, y, ts, method=solver, trajectory=trajectory, progress=progress)
         # on a fixed chain grid (DSB) a step's noise is the forward chain's step's: g at its data-side end
         noise_at = "lower" if self.sde_grid is not None else "start"
         return euler_maruyama(sde_drift, self.reference.g, y, ts, generator=generator, noise_at=noise_at,
@@ -211,7 +313,7 @@ class PathVAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: Tensor, *, nfe: int = 500, ode: bool = False, solver: str = "heun",
                trajectory: bool = False, generator: torch.Generator | None = None,
-               progress: bool = False) -> Tensor:
+               progress: bool = False, cond=None, guidance: float = 0.0) -> Tensor:
         """Prior side -> data side: the decoder SDE (Euler–Maruyama) or the PF-ODE, from ``T`` to ``t_min``.
 
         ``z`` are prior-side points in model coordinates (Gaussian prior) or, in bridge mode, in data
@@ -229,19 +331,29 @@ class PathVAE(nn.Module):
             ODE solver.
         trajectory : bool
             Return the path ``(nfe+1, N, d)`` (data coordinates) instead of the end ``(N, d)``.
+        cond : labels ``(N,)`` (or one int) or values ``(N, k)``, optional
+            The context of a conditional model (:meth:`context_to_model`), one per point.
+        guidance : float
+            Classifier-free guidance weight ``w`` (0: the plain conditional model; DESIGN §4.6).
         """
         z = self._check(z, "decode input")
+        c = self.context_to_model(cond, len(z))
+        if guidance != 0 and c is None:
+            raise SbdiffError("guidance needs a conditional model and its context")
+        if not (guidance >= 0 and math.isfinite(guidance)):
+            raise SbdiffError(f"guidance must be a finite number >= 0, got {guidance}")
         if self.bridge:  # the prior side is a data set: its points come in data coordinates
             z = self.to_model(z)
         ts = self._grid(self.reference.T, self.t_min, nfe, ode, z)
-        out = self._integrate(z, ts, self.decoder.drift, ode=ode, solver=solver, trajectory=trajectory,
-                              generator=generator, progress=progress)
+        velocity, drift, _ = self._fields(c, guidance)
+        out = self._integrate(z, ts, drift, ode=ode, solver=solver, trajectory=trajectory,
+                              generator=generator, progress=progress, velocity=velocity)
         return self.to_data(out)
 
     @torch.no_grad()
     def encode(self, x: Tensor, *, nfe: int = 500, ode: bool = False, solver: str = "heun",
                trajectory: bool = False, generator: torch.Generator | None = None,
-               progress: bool = False) -> Tensor:
+               progress: bool = False, cond=None) -> Tensor:
         """Data side -> prior side: the encoder SDE or the PF-ODE, from ``t_min`` to ``T``.
 
         ``x`` has shape ``(N, d)`` in data coordinates; returns prior-side points ``(N, d)`` in model
@@ -249,9 +361,10 @@ class PathVAE(nn.Module):
         coordinates when ``trajectory``.
         """
         y = self.to_model(self._check(x, "encode input"))
+        velocity, _, drift = self._fields(self.context_to_model(cond, len(y)), 0.0)
         ts = self._grid(self.t_min, self.reference.T, nfe, ode, y)
-        out = self._integrate(y, ts, self.encoder.drift, ode=ode, solver=solver, trajectory=trajectory,
-                              generator=generator, progress=progress)
+        out = self._integrate(y, ts, drift, ode=ode, solver=solver, trajectory=trajectory,
+                              generator=generator, progress=progress, velocity=velocity)
         return self.to_data(out) if trajectory or self.bridge else out
 
     def sample_prior(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -275,41 +388,49 @@ class PathVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, **kwargs) -> Tensor:
-        """``n`` samples of the model, shape ``(n, d)`` (data coordinates); keywords as :meth:`decode`."""
+        """``n`` samples of the model, shape ``(n, d)`` (data coordinates); keywords as :meth:`decode`
+        (a conditional model: ``cond``, one label for all or one context per sample, and ``guidance``)."""
         if int(n) < 1:
             raise SbdiffError(f"number of samples must be at least 1, got {n}")
         return self.decode(self.sample_prior(n, generator=kwargs.get("generator")), **kwargs)
 
     # -- likelihood -----------------------------------------------------------------------------
     def log_prob(self, x: Tensor, *, exact: bool | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                 batch_size: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+                 batch_size: int = 1000, generator: torch.Generator | None = None, cond=None) -> Tensor:
         """Log density (nats) of the PF-ODE model at data points ``x`` of shape ``(N, d)``; returns ``(N,)``.
 
         ``log p(x) = log p_T(y_T) + ∫_{t_min}^T ∇·v dt − Σ log scale`` (DESIGN §3), adaptive ``dopri5``,
-        exact divergence for ``d <= 64`` unless ``exact=False`` (Hutchinson).
+        exact divergence for ``d <= 64`` unless ``exact=False`` (Hutchinson). A conditional model
+        gives ``log p(x | c)`` for the contexts ``cond`` (one per point; DESIGN §4.6).
         """
         x = self._check(x, "log_prob input")
+        c_all = self.context_to_model(cond, len(x))
         out = []
-        for chunk in torch.split(x, batch_size):
+        for i, chunk in enumerate(torch.split(x, batch_size)):
             y = self.to_model(chunk)
-            y_T, int_div = ode_log_det(self.velocity, y, self.t_min, self.reference.T, exact=exact,
+            c = None if c_all is None else c_all[i * batch_size:i * batch_size + len(chunk)]
+            y_T, int_div = ode_log_det(self._fields(c, 0.0)[0], y, self.t_min, self.reference.T, exact=exact,
                                        rtol=rtol, atol=atol, generator=generator)
             out.append(self.prior_logp(y_T) + int_div - self.log_scale)
         return torch.cat(out)
 
     def elbo(self, x: Tensor, *, n_time: int = 64, exact: bool | None = None, batch_size: int = 250,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, cond=None) -> Tensor:
         """Path ELBO (nats) at data points ``x`` of shape ``(N, d)``; returns ``(N,)``; a lower bound
         of the decoder SDE's log-likelihood (see :func:`sbdiff.objectives.path_elbo`; encoders without
         closed-form transitions, e.g. SB-FBSDE's neural encoder, simulate their paths:
         :func:`sbdiff.objectives.simulated_path_elbo`, ``n_time`` integrand evaluations per path)."""
         x = self._check(x, "elbo input")
+        c_all = self.context_to_model(cond, len(x))
         out = []
         closed = getattr(self.encoder, "closed_form", False)
-        for chunk in torch.split(x, batch_size):
+        if c_all is not None and not closed:
+            raise SbdiffError("the conditional path ELBO needs an encoder with closed-form transitions (sgm, vsdm)")
+        for i, chunk in enumerate(torch.split(x, batch_size)):
             if closed:
+                c = None if c_all is None else c_all[i * batch_size:i * batch_size + len(chunk)]
                 e = path_elbo(self.encoder, self.decoder, self.prior_logp, self.to_model(chunk),
-                              t_min=self.t_min, n_time=n_time, exact=exact, generator=generator)
+                              t_min=self.t_min, n_time=n_time, exact=exact, generator=generator, context=c)
             else:
                 e = simulated_path_elbo(self.encoder, self.decoder, self.prior_logp, self.to_model(chunk),
                                         t_min=self.t_min, n_time=n_time, exact=exact, generator=generator)

@@ -16,7 +16,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._utils import as_time
 
-__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "make_ema", "update_ema"]
+__all__ = ["TimeEmbedding", "LabelEmbedding", "VectorEmbedding", "context_embedding", "drop_context", "TimeMLP", "UNet", "make_ema",
+           "update_ema"]
 
 
 class TimeEmbedding(nn.Module):
@@ -39,6 +40,57 @@ class TimeEmbedding(nn.Module):
         if emb.shape[1] < self.dim:
             emb = torch.cat([emb, (t / self.T)[:, None]], dim=1)
         return emb
+
+
+class LabelEmbedding(nn.Module):
+    """A class label ``c ∈ {0, …, K−1}`` of shape ``(B,)`` (int64) to ``(B, dim)``; the null label ``K``
+    (a dropped context, classifier-free guidance) maps to exactly 0, so that a conditional network
+    given the null label is the unconditional network with the same weights (DESIGN §4.6)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.table = nn.Embedding(self.num_classes, dim)
+
+    def forward(self, c: Tensor) -> Tensor:
+        keep = c < self.num_classes
+        return self.table(torch.where(keep, c, torch.zeros_like(c))) * keep[:, None].to(self.table.weight.dtype)
+
+
+class VectorEmbedding(nn.Module):
+    """Observed values ``c`` of shape ``(B, k)`` (in model coordinates) to ``(B, dim)`` by a two-layer
+    MLP; a row of NaN (a dropped context) maps to exactly 0, as for :class:`LabelEmbedding`."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.size = int(size)
+        self.mlp = nn.Sequential(nn.Linear(self.size, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c: Tensor) -> Tensor:
+        keep = ~torch.isnan(c).any(1)
+        return self.mlp(torch.nan_to_num(c)) * keep[:, None].to(c.dtype)
+
+
+def drop_context(c: Tensor, mask: Tensor, context: tuple[str, int]) -> Tensor:
+    """``c`` with the rows where ``mask`` (``(B,)`` bool) is true replaced by the null context of the
+    embeddings above: the label ``K`` for ``("label", K)``, a row of NaN for ``("vector", k)``."""
+    kind, size = context
+    if kind == "label":
+        return torch.where(mask, torch.full_like(c, size), c)
+    return c.masked_fill(mask[:, None], float("nan"))
+
+
+def context_embedding(context: tuple[str, int] | None, dim: int) -> nn.Module | None:
+    """The embedding of a context ``(kind, size)``: ``("label", K)`` (:class:`LabelEmbedding`) or
+    ``("vector", k)`` (:class:`VectorEmbedding`), output ``(B, dim)``; ``None`` for no context."""
+    if context is None:
+        return None
+    kind, size = context
+    if kind == "label":
+        return LabelEmbedding(size, dim)
+    if kind == "vector":
+        return VectorEmbedding(size, dim)
+    raise ValueError(f"unknown context kind {kind!r}")
 
 
 class _ResBlock(nn.Module):
@@ -70,9 +122,14 @@ class TimeMLP(nn.Module):
         Size of the sinusoidal time embedding.
     T : float
         Time horizon, used to scale ``t`` to ``[0, 1]``.
+    context : tuple (kind, size), optional
+        A context ``c`` (DESIGN §4.6; :func:`context_embedding`) whose embedding is added to the time
+        embedding; ``forward(x, t, c)``. ``c = None`` is the null context. Without it the network is
+        unconditional (and creates no extra parameters).
     """
 
-    def __init__(self, dim: int, hidden: int = 256, blocks: int = 3, time_dim: int = 64, T: float = 1.0):
+    def __init__(self, dim: int, hidden: int = 256, blocks: int = 3, time_dim: int = 64, T: float = 1.0,
+                 context: tuple[str, int] | None = None):
         super().__init__()
         self.embed = TimeEmbedding(time_dim, T)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -81,14 +138,25 @@ class TimeMLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.context = context_embedding(context, hidden)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, c: Tensor | None = None) -> Tensor:
         t = as_time(t, x)
-        emb = self.time_mlp(self.embed(t))
+        emb = _with_context(self, self.time_mlp(self.embed(t)), c)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)
+
+
+def _with_context(net: nn.Module, emb: Tensor, c: Tensor | None) -> Tensor:
+    """``emb + context(c)`` for a conditional network given a context; ``emb`` otherwise (``c = None``:
+    the null context)."""
+    if c is None:
+        return emb
+    if net.context is None:
+        raise ValueError("a context was given to an unconditional network")
+    return emb + net.context(c)
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -167,6 +235,8 @@ class UNet(nn.Module):
         Time horizon, used to scale ``t`` to ``[0, 1]``.
     dropout : float
         Dropout inside the residual blocks.
+    context : tuple (kind, size), optional
+        A context added to the time embedding, as in :class:`TimeMLP`.
 
     The output convolution starts at zero, so an untrained network outputs 0 (for the noise
     parametrisation of :class:`~sbdiff.decoders.ScoreDecoder`: the Gaussian skip alone).
@@ -174,7 +244,7 @@ class UNet(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], channels: int = 32, channel_mult=(1, 2),
                  res_blocks: int = 1, attention: bool = False, time_dim: int = 64, T: float = 1.0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, context: tuple[str, int] | None = None):
         super().__init__()
         from ._utils import SbdiffError
 
@@ -224,11 +294,12 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, C, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.context = context_embedding(context, emb_dim)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, c: Tensor | None = None) -> Tensor:
         t = as_time(t, x)
         B = x.shape[0]
-        emb = self.time_mlp(self.embed(t))
+        emb = _with_context(self, self.time_mlp(self.embed(t)), c)
         h = self.inp(x.reshape(B, *self.image_shape))
         hs = [h]
         for layer in self.down:

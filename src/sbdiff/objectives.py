@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._controlled import control_at
 from ._utils import SbdiffError, append_dims, as_time, divergence
 from .decoders import Decoder
 from .encoders import Encoder
@@ -23,7 +24,7 @@ __all__ = ["dsm_loss", "gaussian_moment_kl", "path_elbo", "importance_times", "d
 
 
 def dsm_loss(encoder: Encoder, decoder: Decoder, x0: Tensor, t: Tensor,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, context: Tensor | None = None) -> Tensor:
     """Drift matching by denoising score matching (estimator 1 of DESIGN §2), per sample.
 
     For an encoder with closed-form transitions ``q(x_t | x_0) = N(M_t x_0, Σ_t)``, drawn as
@@ -44,6 +45,9 @@ def dsm_loss(encoder: Encoder, decoder: Decoder, x0: Tensor, t: Tensor,
         Data-side points.
     t : Tensor, shape (B,)
         Times in ``(0, T]``.
+    context : Tensor, shape (B,) or (B, k), optional
+        The context of each point (DESIGN §4.6), passed to the controls unchanged: the loss is then
+        drift matching of ``q(x | c)``, averaged over the pairs ``(x_0, c)``.
 
     Returns
     -------
@@ -56,7 +60,7 @@ def dsm_loss(encoder: Encoder, decoder: Decoder, x0: Tensor, t: Tensor,
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t = tr.sample(x0, noise)
     g = append_dims(encoder.reference.g(t), x0.ndim)
-    z_sum = decoder.control(x_t, t) + encoder.control(x_t, t)
+    z_sum = control_at(decoder, x_t, t, context) + control_at(encoder, x_t, t, context)
     residual = tr.factor_t(z_sum) / g + noise
     return residual.pow(2).reshape(x0.shape[0], -1).sum(1)
 
@@ -106,7 +110,7 @@ def importance_times(n: int, t_min: float, T: float, *, generator=None, dtype=to
 
 
 def path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tensor, *, t_min: float,
-              n_time: int = 64, exact: bool | None = None, generator=None) -> Tensor:
+              n_time: int = 64, exact: bool | None = None, generator=None, context: Tensor | None = None) -> Tensor:
     """Path ELBO ``log p_θ(x_0) ≥ E[log p_T(X_T)] − ∫ E[½‖z + ẑ‖² + ∇·(g ẑ − f)] dt``.
 
     SB-FBSDE Theorem 4 (Chen et al. 2022, eq. 14: ``½‖Z‖² + ½‖Ẑ‖² + ∇·(gẐ − f) + ẐᵀZ``); with
@@ -122,6 +126,8 @@ def path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tensor, *, t_m
     ----------
     x0 : Tensor, shape (B, d)
     prior_logp : callable, ``(B, d) -> (B,)``
+    context : Tensor, shape (B,) or (B, k), optional
+        The context of each point: the bound is then of ``log p_θ(x_0 | c)`` (DESIGN §4.6).
 
     Returns
     -------
@@ -133,17 +139,18 @@ def path_elbo(encoder: Encoder, decoder: Decoder, prior_logp, x0: Tensor, *, t_m
     T = encoder.reference.T
     B = x0.shape[0]
     rep = x0.repeat_interleave(n_time, 0)
+    c = None if context is None else context.repeat_interleave(n_time, 0)
     t, w = importance_times(n_time, t_min, T, generator=generator, dtype=x0.dtype, device=x0.device)
     t, w = t.repeat(B), w.repeat(B)
     x_t, _, _ = encoder.sample_transition(rep, t_min, t, generator=generator)
     ref = encoder.reference
 
     def field(x):  # g ẑ − f
-        return append_dims(ref.g(t), x.ndim) * decoder.control(x, t) - ref.f(x, t)
+        return append_dims(ref.g(t), x.ndim) * control_at(decoder, x, t, c) - ref.f(x, t)
 
     gz_minus_f, div = divergence(field, x_t, exact=exact, generator=generator)
     zhat = (gz_minus_f + ref.f(x_t, t)) / append_dims(ref.g(t), x_t.ndim)
-    z = encoder.control(x_t, t)
+    z = control_at(encoder, x_t, t, c)
     integrand = 0.5 * (zhat + z).pow(2).reshape(zhat.shape[0], -1).sum(1) + div
     integral = (w * integrand).reshape(B, n_time).mean(1)
     x_T, _, _ = encoder.sample_transition(rep, t_min, as_time(T, rep), generator=generator)

@@ -143,3 +143,106 @@ def plot_image_paths(paths: np.ndarray, path: str | Path, *, vmin: float = 0.0, 
     n = rows.shape[0]
     save_image_grid(rows.reshape(n * n_steps, *rows.shape[2:]), path, vmin=vmin, vmax=vmax, nrow=n_steps,
                     title=title)
+
+
+__all__ += ["plot_forecast_fans", "plot_class_grid"]
+
+
+def plot_forecast_fans(history: np.ndarray, samples: np.ndarray, truth: np.ndarray, path: str | Path, *,
+                       names: list[str] | None = None, max_windows: int = 4, max_variables: int = 6,
+                       title: str = "") -> None:
+    """Fan charts of probabilistic forecasts: one row per window, one column per variable.
+
+    Each panel shows the history, the truth over the horizon, the sample median and the 50 % and
+    90 % central bands of the samples. Steps are numbered from the first forecast step (1..H); the
+    history lies at steps ``-(L-H)+1..0``.
+
+    Parameters
+    ----------
+    history : np.ndarray, shape (N, L - H, d)
+    samples : np.ndarray, shape (N, S, H, d)
+    truth : np.ndarray, shape (N, H, d)
+    path : str or Path
+        PNG file to write.
+    names : list of str, optional
+        Variable names (column titles); default ``x0, x1, …``.
+    max_windows : int
+        At most this many windows, evenly spaced over the ``N`` windows.
+    max_variables : int
+        At most this many variables (the first ones).
+    """
+    history, samples, truth = (np.asarray(a, np.float64) for a in (history, samples, truth))
+    n, t_hist, d = history.shape
+    h = truth.shape[1]
+    rows = np.unique(np.linspace(0, n - 1, min(n, max(1, max_windows))).round().astype(int))
+    cols = range(min(d, max(1, max_variables)))
+    names = list(names) if names is not None else [f"x{j}" for j in range(d)]
+    steps_hist, steps_fut = np.arange(-t_hist + 1, 1), np.arange(1, h + 1)
+    q = np.quantile(samples, [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)  # (5, N, H, d)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.4 * len(cols) + 0.6, 2.3 * len(rows) + 0.6),
+                             sharex=True, squeeze=False)
+    for r, i in enumerate(rows):
+        for c, j in enumerate(cols):
+            ax = axes[r][c]
+            # join the history to the horizon at step 0 so that the lines are continuous
+            ax.plot(steps_hist, history[i, :, j], color="0.2", lw=1.0, label="history")
+            ax.plot(np.r_[0, steps_fut], np.r_[history[i, -1, j], truth[i, :, j]], color="C0", lw=1.2,
+                    label="truth")
+            ax.fill_between(steps_fut, q[0, i, :, j], q[4, i, :, j], color="C1", alpha=0.2, lw=0, label="90 %")
+            ax.fill_between(steps_fut, q[1, i, :, j], q[3, i, :, j], color="C1", alpha=0.4, lw=0, label="50 %")
+            ax.plot(steps_fut, q[2, i, :, j], color="C1", lw=1.2, label="median")
+            ax.axvline(0.5, color="0.6", lw=0.6, ls=":")
+            if r == 0:
+                ax.set_title(names[j] if j < len(names) else f"x{j}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"window {i}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(loc="best", fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    fig.suptitle(title or f"forecasts: {samples.shape[1]} samples, 50 % and 90 % bands", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_class_grid(images_by_class: np.ndarray, path: str | Path, *, titles: list[str] | None = None,
+                    vmin: float | None = None, vmax: float | None = None, scale: int = 4, title: str = "") -> None:
+    """A grid of gray image samples, one row per class, labelled with the class.
+
+    Parameters
+    ----------
+    images_by_class : np.ndarray, shape (K, n, h, w)
+        ``n`` images of each of ``K`` classes, in data units.
+    path : str or Path
+        PNG file to write.
+    titles : list of str, optional
+        Row labels (length ``K``); default ``class 0, class 1, …``.
+    vmin, vmax : float, optional
+        Data range shown from white to black (ink dark, as in :func:`save_image_grid`); default the
+        range of the images.
+    """
+    x = np.asarray(images_by_class, np.float64)
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (K, n, h, w), got {x.shape}")
+    k, n, h, w = x.shape
+    lo = float(x.min()) if vmin is None else vmin
+    hi = float(x.max()) if vmax is None else vmax
+    if hi <= lo:
+        hi = lo + 1.0
+    titles = list(titles) if titles is not None else [f"class {c}" for c in range(k)]
+    grid = image_grid(x.reshape(k * n, 1, h, w), n, vmin=lo, vmax=hi)
+    gh, gw = grid.shape[:2]
+    fig, ax = plt.subplots(figsize=(gw * scale / 100 + 1.2, gh * scale / 100 + 0.6), dpi=100)
+    ax.imshow(1.0 - grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([1 + r * (h + 1) + h / 2 - 0.5 for r in range(k)])
+    ax.set_yticklabels([titles[r] if r < len(titles) else f"class {r}" for r in range(k)], fontsize=8)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

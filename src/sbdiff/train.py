@@ -105,6 +105,7 @@ from ._utils import SbdiffError
 from .checkpoint import (CHECKPOINT_FILE, CheckpointWriteError, atomic_save, atomic_write_text, capture_rng,
                          read_checkpoint, restore_rng, write_checkpoint, writes_files)
 from .config import Config, dumps_config, load_config, save_config
+from .conditioning import load_training_set, resolve_context
 from .data import load_data
 from .methods import Method, make_method
 from .model import PathVAE
@@ -123,6 +124,10 @@ RESUMES_FILE = "resumes.jsonl"
 BATCH_STREAM = 0
 LOSS_STREAM = 1
 PRIOR_LOSS_STREAM = 999
+#: A conditional run: the rows of shard ``s`` whose context is dropped (``CONTEXT_DROP_STREAM + s``,
+#: classifier-free guidance's ``cond.p_uncond``), a stream of its own so that the losses draw the
+#: same numbers as without a context.
+CONTEXT_DROP_STREAM = 500
 
 #: A time budget's plan (:class:`_BudgetProbe`): the share of ``train.max_minutes`` timed before the
 #: plan (then up to the end of a cycle of the method's periodic costs), the share after which it is
@@ -301,8 +306,11 @@ class _Losses(torch.nn.Module):
         self.model = model
         self.method = method
 
-    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.method.losses(self.model, batch, generator)
+    def forward(self, batch: torch.Tensor, generator: torch.Generator,
+                context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if context is None:
+            return self.method.losses(self.model, batch, generator)
+        return self.method.losses(self.model, batch, generator, context=context)
 
 
 def _setup_processes(config: Config, env: distributed.DistEnv) -> None:
@@ -452,6 +460,7 @@ class _Session:
     sched: torch.optim.lr_scheduler.LambdaLR
     loss_module: torch.nn.Module
     x: torch.Tensor  # the training data, model coordinates
+    c: torch.Tensor | None  # the training contexts, model form (conditional runs), or None
     shards: list  # slices of the global batch, one per shard
     my_shards: range  # the shards this rank computes
     autocast: object  # () -> context manager of the losses' forward pass
@@ -496,7 +505,8 @@ def _open_run(config: Config, run_dir: Path | None, env: distributed.DistEnv, wr
 
 
 def _build(config: Config, env: distributed.DistEnv, device: torch.device, method: Method, data: np.ndarray,
-           prior: np.ndarray | None, run_dir: Path | None, writer: bool, fingerprint: str) -> _Session:
+           prior: np.ndarray | None, run_dir: Path | None, writer: bool, fingerprint: str,
+           context: np.ndarray | None = None) -> _Session:
     """Seed the global RNG with ``config.seed``, build the model, optimiser, scheduler (warm-up
     times ``method.lr_factor``), EMA and the losses' module (DDP-wrapped under ``torchrun``).
 
@@ -508,6 +518,10 @@ def _build(config: Config, env: distributed.DistEnv, device: torch.device, metho
     torch.manual_seed(config.seed)
     model = method.build(data, prior).to(device)
     x = model.to_model(torch.as_tensor(data, dtype=torch.float32, device=device))
+    c = None
+    if context is not None:
+        model.fit_context_scaling(torch.as_tensor(context))
+        c = method.context_pool = model.context_to_model(context)
     params = method.trainable(model)
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -525,7 +539,7 @@ def _build(config: Config, env: distributed.DistEnv, device: torch.device, metho
         else contextlib.nullcontext
     optimised = {id(p) for p in params}
     untrained = [(q, p) for q, p in zip(ema.module.parameters(), model.parameters()) if id(p) not in optimised]
-    return _Session(config, env, device, method, model, ema, params, opt, sched, loss_module, x,
+    return _Session(config, env, device, method, model, ema, params, opt, sched, loss_module, x, c,
                     shards=distributed.shard_slices(tc.batch_size, tc.shards),
                     my_shards=range(env.rank * per_rank, (env.rank + 1) * per_rank), autocast=autocast,
                     run_dir=run_dir, writer=writer, fingerprint=fingerprint, untrained=untrained)
@@ -622,7 +636,8 @@ def _reset_lr(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
 
 # -- the loop -------------------------------------------------------------------------------------
 def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray | None = None,
-        progress: bool = True, resume: bool = False, allow_config_change: bool = False) -> TrainResult:
+        progress: bool = True, resume: bool = False, allow_config_change: bool = False,
+        context: np.ndarray | None = None) -> TrainResult:
     """Train ``config.method`` on ``config.data`` (or on ``data``, shape ``(N, d)``).
 
     Stops after ``train.steps`` steps or ``train.max_minutes`` minutes of training, whichever comes
@@ -634,8 +649,11 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     ----------
     config : the run's config (validated here).
     run_dir : the run directory; ``None`` trains in memory (no checkpoints, default signal handling).
-    data : training points ``(N, d)``; default ``load_data(config.data.data, ...)``. A resume needs
-        the same data (checked by a SHA-256 fingerprint).
+    data : training points ``(N, d)``; default ``load_data(config.data.data, ...)``, or the
+        conditional training set of ``[cond]`` (:func:`sbdiff.conditioning.load_training_set`). A resume
+        needs the same data (checked by a SHA-256 fingerprint).
+    context : the contexts of ``data`` for a conditional model (DESIGN §4.6): integer labels ``(N,)``
+        or observed values ``(N, k)``; recorded in ``cond.kind``/``cond.size``.
     progress : show a progress bar.
     resume : continue the run in ``run_dir`` from its checkpoint with ``config`` (see the module
         docstring); a run killed before its first checkpoint starts again from step 0.
@@ -655,11 +673,17 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     run_dir = Path(run_dir) if run_dir is not None else None
     writer = run_dir is not None and writes_files()
     if data is None:
-        data = load_data(config.data.data, config.data.n_samples, config.seed)
+        if context is not None:
+            raise SbdiffError("a context needs its data: pass data= with context=")
+        data, context = load_training_set(config)
+    resolve_context(config, data, context)
     prior = load_prior(config, data.shape[1])
     fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]))
+    if context is not None:
+        fingerprint = _data_fingerprint(np.concatenate([np.frombuffer(fingerprint.encode(), np.uint8),
+                                                        np.asarray(context, np.float64).ravel()]))
     ckpt, changes = _open_run(config, run_dir, env, writer, fingerprint, resume, allow_config_change)
-    s = _build(config, env, device, method, data, prior, run_dir, writer, fingerprint)
+    s = _build(config, env, device, method, data, prior, run_dir, writer, fingerprint, context)
 
     state, resumed_from = LoopState(), None
     if ckpt is not None:
@@ -801,9 +825,11 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
     for j, shard in enumerate(s.my_shards):
         gen = distributed.step_generator(s.config.seed, step, LOSS_STREAM + shard, s.device)
         sync = contextlib.nullcontext() if not env.active or j == s.per_rank - 1 else s.loss_module.no_sync()
+        rows = idx[s.shards[shard]]
+        context = None if s.c is None else _dropped(s, s.c[rows], step, shard)
         with sync:
             with s.autocast():
-                losses = s.loss_module(s.x[idx[s.shards[shard]]], gen)
+                losses = s.loss_module(s.x[rows], gen, context)
             (losses["loss"].float() / s.per_rank).backward()  # always: DDP ranks must meet
         names = sorted(losses)
         values = values + torch.stack([losses[k].detach().float() for k in names]) / s.per_rank
@@ -828,6 +854,18 @@ def _train_step(s: _Session, state: LoopState) -> torch.Tensor:
         if state.streak > tc.max_nonfinite:
             raise _nonfinite_error(s, state, bad)
     return idx
+
+
+def _dropped(s: _Session, c: torch.Tensor, step: int, shard: int) -> torch.Tensor:
+    """The batch's contexts ``c`` with each row replaced by the null context with probability
+    ``cond.p_uncond`` (classifier-free guidance, Ho & Salimans 2022; stream
+    :data:`CONTEXT_DROP_STREAM` of the step and shard)."""
+    p = s.config.cond.p_uncond
+    if p == 0:
+        return c
+    gen = distributed.step_generator(s.config.seed, step, CONTEXT_DROP_STREAM + shard, s.device)
+    mask = torch.rand(len(c), generator=gen, device=c.device) < p
+    return s.model.drop_context(c, mask)
 
 
 def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:

@@ -33,7 +33,8 @@ def check_flat(data: np.ndarray) -> int:
 def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
     """The network chosen by the data's shape (``model.net = auto``): a :class:`~sbdiff.nets.UNet`
     for images (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.TimeMLP` for
-    vectors. Both map ``(B, dim)`` to ``(B, dim)``."""
+    vectors. Both map ``(B, dim)`` to ``(B, dim)``; a conditional config (``cond.kind``, DESIGN §4.6)
+    gives them the context's embedding (``forward(x, t, c)``)."""
     m, shape = config.model, config.data.shape()
     kind = m.net if m.net != "auto" else ("unet" if shape is not None else "mlp")
     if kind == "unet":
@@ -42,8 +43,8 @@ def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
         if shape[0] * shape[1] * shape[2] != dim:
             raise SbdiffError(f"data.image_shape {config.data.image_shape} does not match the data's dimension {dim}")
         return UNet(shape, m.unet_channels, m.mult(), m.unet_res_blocks, m.unet_attention, m.time_dim, T,
-                    m.unet_dropout)
-    return TimeMLP(dim, m.hidden, m.blocks, m.time_dim, T)
+                    m.unet_dropout, context=config.cond.context())
+    return TimeMLP(dim, m.hidden, m.blocks, m.time_dim, T, context=config.cond.context())
 
 
 def data_scaling(config: Config, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -109,9 +110,15 @@ class Method:
     #: Config defaults of this method, ``{"section.key": value}``, applied by
     #: :meth:`~sbdiff.config.Config.validate` to keys the user did not set.
     defaults: dict = {}
+    #: True for presets that train a conditional model (DESIGN §4.6): their :meth:`losses` take the
+    #: batch's ``context`` and pass it to the controls; the config refuses ``[cond]`` for the others.
+    conditional = False
 
     def __init__(self, config: Config):
         self.config = config
+        #: the training contexts in model form (``(N,)`` labels or ``(N, k)`` values; set by the trainer
+        #: for a conditional run), for presets that simulate the decoder from the prior (VSDM)
+        self.context_pool: Tensor | None = None
         #: the prior data set's Gaussian fit ``(mean (d,), cov (d, d))`` in model coordinates, float64
         #: (bridge mode; set by :meth:`assemble`); ``None``: the reference prior ``N(0, prior_var·I)``
         self.prior_moments: tuple[Tensor, Tensor] | None = None
@@ -133,7 +140,8 @@ class Method:
         mean, scale, step = data_scaling(cfg, data)
         model = PathVAE(encoder, decoder, check_flat(data), cfg.model.t_min if t_min is None else t_min,
                         torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32),
-                        image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=sde_grid)
+                        image_shape=cfg.data.shape(), dequant_step=step, prior_data=prior, sde_grid=sde_grid,
+                        context=cfg.cond.context())
         self.prior_moments = None
         if prior is not None and len(prior):
             p = model.to_model(torch.as_tensor(prior, dtype=torch.float32)).double()
@@ -248,7 +256,9 @@ class Method:
         return False
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """Losses on a batch ``(B, d)`` in model coordinates.
+        """Losses on a batch ``(B, d)`` in model coordinates. A :attr:`conditional` preset takes the
+        keyword ``context`` too (``(B,)`` or ``(B, k)``, model form, rows dropped to the null context
+        with probability ``cond.p_uncond``), passed only in a conditional run.
 
         Returns a dict with ``loss`` (scalar, differentiated by the loop) and ``drift_matching``
         (scalar); may add ``prior_loss``.

@@ -22,6 +22,8 @@ from .base import Method, build_network, check_flat, register
 class SGM(Method):
     """Fixed encoder / DSM / decoder only."""
 
+    conditional = True
+
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
         reference = self.make_reference()
         net = build_network(self.config, check_flat(data), reference.T)
@@ -38,8 +40,9 @@ class SGM(Method):
                                 device=like.device)
         return t
 
-    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator,
+               context: Tensor | None = None) -> dict[str, Tensor]:
         batch = model.dequantize_model(batch, generator=generator)  # fresh noise every step (images)
         t = self.sample_times(model, batch.shape[0], generator, batch)
-        dm = dsm_loss(model.encoder, model.decoder, batch, t, generator=generator).mean()
+        dm = dsm_loss(model.encoder, model.decoder, batch, t, generator=generator, context=context).mean()
         return {"loss": dm, "drift_matching": dm}

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._controlled import control_at
 from .._utils import SbdiffError, append_dims
 from ..config import Config, Section, set_resolved
 from ..distributed import step_generator
@@ -62,6 +63,8 @@ __all__ = ["VSDM", "VSDMConfig", "path_moments", "encoder_loss"]
 
 #: Stream of :func:`~sbdiff.distributed.step_generator` for the decoder paths of an encoder update.
 SA_STREAM = 1000
+#: Stream of the training contexts drawn for those paths (a conditional run).
+CONTEXT_DRAW_STREAM = 1001
 #: Truncation of the stochastic approximation (Andrieu, Moulines, Priouret 2005): the eigenvalues of
 #: ``D`` stay in ``[1/D_BOUND, D_BOUND]`` (projection after each step) and one gradient
 #: step changes no parameter by more than ``MAX_STEP`` (in ``log D`` units; the step is scaled down).
@@ -112,7 +115,7 @@ def _project(log_d: Tensor, family: str) -> Tensor:
 
 @torch.no_grad()
 def path_moments(model: PathVAE, n_paths: int, n_steps: int, generator: torch.Generator,
-                 diagonal: bool = False) -> dict[str, Tensor]:
+                 diagonal: bool = False, context: Tensor | None = None) -> dict[str, Tensor]:
     """Simulate ``n_paths`` decoder paths from the reference prior ``N(0, I)`` and return the moments
     that the encoder-side loss needs at the times ``t_k = T − k h``, ``h = (T − t_min)/n_steps``,
     ``k = 0, …, n_steps − 1``.
@@ -125,6 +128,10 @@ def path_moments(model: PathVAE, n_paths: int, n_steps: int, generator: torch.Ge
     Returns a dict with ``t`` (``(K,)``), ``w`` (``(K,)``, the Riemann weights ``h``), ``xx`` = ``E[x xᵀ]``
     and ``zx`` = ``E[ẑ xᵀ]`` at each ``t_k`` (``(K, d, d)``; with ``diagonal`` only the diagonals,
     ``(K, d)``), and ``zz`` = ``Σ_k w_k E‖ẑ_k‖²`` (scalar).
+
+    A conditional decoder (DESIGN §4.6) runs path ``i`` under the context ``context[i]`` (``(n_paths,)``
+    or ``(n_paths, k)``, model form: draws of the training contexts), so that the moments are those of
+    the decoder's marginal over ``c``, which the unconditional linear encoder is fitted to.
     """
     ref, dec = model.reference, model.decoder
     device, dtype = model.data_mean.device, model.data_mean.dtype
@@ -133,7 +140,7 @@ def path_moments(model: PathVAE, n_paths: int, n_steps: int, generator: torch.Ge
     xx, zx, acc = [], [], {"zz": x.new_zeros(())}
 
     def drift(y, t):
-        zhat = dec.control(y, t)
+        zhat = control_at(dec, y, t, context)
         f, g = ref.sde(y, t)
         return f - append_dims(g, y.ndim) * zhat, zhat
 
@@ -275,7 +282,12 @@ class VSDM(SGM):
         enc = model.encoder
         gen = step_generator(self.config.seed, step, SA_STREAM, model.data_mean.device)
         diagonal = enc.family != "full"
-        mom = path_moments(model, v.paths, v.path_steps, gen, diagonal=diagonal)
+        context = None
+        if self.context_pool is not None:  # a conditional decoder: paths under drawn training contexts
+            pool = self.context_pool
+            pick = step_generator(self.config.seed, step, CONTEXT_DRAW_STREAM, pool.device)
+            context = pool[torch.randint(0, len(pool), (v.paths,), generator=pick, device=pool.device)]
+        mom = path_moments(model, v.paths, v.path_steps, gen, diagonal=diagonal, context=context)
         g = model.reference.g(mom["t"])
         eta = self.step_size(n)
         names = [k for k, _ in enc.named_parameters()]
@@ -306,12 +318,13 @@ class VSDM(SGM):
             self._last = {**self._last, "sa_loss": loss0 + float(mom["zz"]) / 2, "sa_updates": float(n),
                           "sa_lr": eta, "d_min": float(lam[0]), "d_max": float(lam[-1]), **eig}
 
-    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator,
+               context: Tensor | None = None) -> dict[str, Tensor]:
         """SGM's DSM loss (with this encoder's transitions) plus the last encoder update's diagnostics:
         ``sa_loss`` (``J + ½E∫‖ẑ‖²``, the forward half-bridge's path KL up to a constant), ``d_min``,
         ``d_max`` (extreme eigenvalues of ``D``; every one, ascending, as ``d_eig_i`` for ``d <= 8``),
         ``sa_lr`` and ``sa_updates``."""
-        out = super().losses(model, batch, generator)
+        out = super().losses(model, batch, generator, context=context)
         for k, val in self._last.items():
             out[k] = torch.tensor(val, dtype=out["loss"].dtype, device=out["loss"].device)
         return out
