@@ -219,3 +219,22 @@ def test_conditional_training_runs_and_resumes_for_each_conditional_preset(metho
     assert model.context == ("label", 2)
     out = model.sample(4, cond=1, nfe=3)
     assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+def test_series_runs_default_to_a_short_step_budget():
+    """A series run trains 500 steps unless told otherwise (``config.SERIES_DEFAULTS``: longer runs
+    memorise the few training windows), VSDM updating its encoder within them; ``--max-minutes``
+    alone keeps that cap for a series run and replaces the step budget otherwise."""
+    from sbdiff.cli import build_parser, build_train_config
+
+    cfg = Config(method="vsdm")
+    cfg.data.data = "macrodata"
+    cfg.cond.window, cfg.cond.horizon = 12, 4
+    cfg.validate()
+    assert cfg.train.steps == 500 and cfg.vsdm.warmup == 200 and cfg.vsdm.interval == 100
+    assert Config(method="vsdm").validate().train.steps == 20_000
+    args = build_parser().parse_args(["train", "--data", "macrodata", "--window", "12", "--horizon", "4",
+                                      "--max-minutes", "2"])
+    assert build_train_config(args).train.steps == 500
+    args = build_parser().parse_args(["train", "--data", "moons", "--max-minutes", "2"])
+    assert build_train_config(args).train.steps == 0

@@ -97,7 +97,8 @@ def build_train_config(args: argparse.Namespace, resume: Path | None = None) -> 
     if args.max_minutes is not None:
         overrides["train"]["max_minutes"] = args.max_minutes
         steps_given = args.steps is not None or "steps" in raw.get("train", {})
-        if not steps_given and resume is None:
+        series = (args.window or 0) > 0 or cfg.cond.window > 0  # its step default stays a cap (SERIES_DEFAULTS)
+        if not steps_given and resume is None and not series:
             overrides["train"]["steps"] = 0  # the time budget alone
     if args.steps is not None:
         overrides["train"]["steps"] = args.steps
