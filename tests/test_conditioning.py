@@ -36,9 +36,9 @@ def test_conditional_sgm_log_prob_matches_the_closed_form_conditional_density():
     rng = np.random.default_rng(0)
     x, c, _ = _gaussian_pairs(10_000, rng)
     cfg = Config(method="sgm", seed=0)
-    cfg.train.steps = 2000
+    cfg.train.steps = 1200  # -0.006 / -0.010 nats on two seeds; without c the gap is > 0.5 (below)
     cfg.train.batch_size = 256
-    cfg.train.ema_decay = 0.99
+    cfg.train.ema_decay = 0.98
     cfg.model.hidden = 64
     cfg.model.blocks = 2
     cfg.cond.p_uncond = 0.0

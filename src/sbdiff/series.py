@@ -619,12 +619,10 @@ def forecast_scores(samples: np.ndarray, truth: np.ndarray) -> dict:
         ``n_windows`` (int, ``N``).
     """
     samples, truth = _check_forecast(samples, truth)
-    entries = _crps_entries(samples, truth)
-    denom = float(np.abs(truth).sum())
     return {
-        "crps": float(entries.mean()),
+        "crps": crps(samples, truth),
         "crps_sum": crps_sum(samples, truth),
-        "ncrps": float(entries.sum() / denom) if denom > 0 else float("nan"),
+        "ncrps": normalized_crps(samples, truth),
         "coverage_50": coverage(samples, truth, 0.5),
         "coverage_90": coverage(samples, truth, 0.9),
         "n_windows": int(truth.shape[0]),
