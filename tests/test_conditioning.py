@@ -198,7 +198,7 @@ def test_digits_carry_their_labels_and_series_give_windows():
 
 
 @pytest.mark.parametrize("method", ["sgm", "vsdm"])
-def test_conditional_training_runs_and_resumes_for_each_conditional_preset(method, tmp_path):
+def test_conditional_training_saves_and_reloads_for_each_conditional_preset(method, tmp_path):
     """A short labelled run of each conditional preset trains, saves and reloads with its context
     (VSDM's encoder update simulates the decoder under drawn training contexts)."""
     from sbdiff.train import load_run
