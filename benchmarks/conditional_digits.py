@@ -24,7 +24,7 @@ import torch
 
 from sbdiff.conditioning import load_training_set
 from sbdiff.config import Config
-from sbdiff.evaluation import conditional_nll, label_classifier, label_scores
+from sbdiff.evaluation import conditional_nll, label_scores, label_split
 from sbdiff.plots import plot_class_grid
 from sbdiff.train import fit
 
@@ -57,7 +57,7 @@ def main() -> None:
         t1 = time.monotonic()
         scores = label_scores(model, data, labels, per_class=args.per_class, guidance=(0.0, 1.0, 3.0),
                               nfe=cfg.sample.nfe, seed=args.seed)
-        _, _, (_, test) = label_classifier(data, labels, seed=args.seed)
+        _, test = label_split(labels, seed=args.seed)
         pick = test[: args.n_nll]
         nll = conditional_nll(model, data[pick], labels[pick], seed=args.seed, exact=False)
         row = {"method": method, "steps": res.steps, "train_s": round(train_s, 1),

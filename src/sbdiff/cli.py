@@ -372,7 +372,7 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
     coverage on the test windows (:func:`~sbdiff.evaluation.forecast_eval`) and the conditional
     ``nll`` of their futures."""
     from .conditioning import load_training_set, series_of
-    from .evaluation import conditional_nll, forecast_eval, label_classifier, label_scores
+    from .evaluation import conditional_nll, forecast_eval, label_scores, label_split
     from .series import evaluation_windows, flatten_windows
 
     nfe = args.nfe or cfg.sample.nfe
@@ -384,7 +384,7 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
         per_class = max(1, (args.samples or 500) // cfg.cond.size)
         res = label_scores(model, data, labels, per_class=per_class, guidance=(0.0,), nfe=nfe, seed=args.seed,
                            progress=not args.quiet)
-        _, _, (_, test) = label_classifier(data, labels, seed=args.seed)
+        _, test = label_split(labels, seed=args.seed)
         pick = test[: args.n or (300 if model.image_shape is not None else 1000)]
         res.update(conditional_nll(model, data[pick], labels[pick], seed=args.seed))
     else:

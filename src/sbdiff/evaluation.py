@@ -20,7 +20,7 @@ from .objectives import simulate_controlled
 from .solvers import make_grid
 
 __all__ = ["evaluate", "isotropic_gaussian_nll", "drift_matching_residual", "consistency_warning",
-           "RESIDUAL_MAX_DIM", "label_classifier", "label_scores", "conditional_nll", "forecast_samples",
+           "RESIDUAL_MAX_DIM", "label_split", "label_classifier", "label_scores", "conditional_nll", "forecast_samples",
            "forecast_eval"]
 
 #: Largest dimension for which :func:`evaluate` reports the kernel estimate of the drift-matching
@@ -218,18 +218,23 @@ def evaluate(model: PathVAE, data: np.ndarray, *, n_nll: int = 1000, n_samples: 
 
 
 # -- conditional models (DESIGN §4.6) --------------------------------------------------------------
+def label_split(labels: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, test)`` of a stratified 75 % / 25 % split of labelled data ``(N,)``."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(len(labels)), test_size=0.25, random_state=seed, stratify=labels)
+
+
 def label_classifier(data: np.ndarray, labels: np.ndarray, *, seed: int = 0):
     """A classifier of the real data for scoring class-conditional samples: an RBF support-vector
-    machine (:class:`sklearn.svm.SVC`, ``gamma = "scale"``) fitted on a stratified 75 % of ``(data,
-    labels)`` (``(N, D)``, ``(N,)``); returns ``(classifier, accuracy on the held-out 25 %, (train
-    rows, test rows))``."""
-    from sklearn.model_selection import train_test_split
+    machine (:class:`sklearn.svm.SVC`, ``gamma = "scale"``) fitted on the training rows of
+    :func:`label_split` of ``(data, labels)`` (``(N, D)``, ``(N,)``); returns ``(classifier, accuracy
+    on the held-out test rows)``."""
     from sklearn.svm import SVC
 
-    idx = np.arange(len(data))
-    train, test = train_test_split(idx, test_size=0.25, random_state=seed, stratify=labels)
+    train, test = label_split(labels, seed=seed)
     clf = SVC(gamma="scale").fit(data[train], labels[train])
-    return clf, float((clf.predict(data[test]) == labels[test]).mean()), (train, test)
+    return clf, float((clf.predict(data[test]) == labels[test]).mean())
 
 
 def label_scores(model: PathVAE, data: np.ndarray, labels: np.ndarray, *, per_class: int = 100,
@@ -243,7 +248,7 @@ def label_scores(model: PathVAE, data: np.ndarray, labels: np.ndarray, *, per_cl
     ``classifier_accuracy``: the classifier's accuracy on the real held-out split."""
     from .bench.metrics import bures_wasserstein2, fit_gaussian
 
-    clf, acc, _ = label_classifier(data, labels, seed=seed)
+    clf, acc = label_classifier(data, labels, seed=seed)
     classes = np.unique(labels)
     out: dict = {"classifier_accuracy": acc, "per_class": per_class}
     rng = np.random.default_rng(seed)

@@ -227,10 +227,14 @@ def config_changes(old: Config, new: Config) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _data_fingerprint(data: np.ndarray) -> str:
-    arr = np.ascontiguousarray(data, dtype=np.float64)
-    h = hashlib.sha256(str(arr.shape).encode())
-    h.update(arr.tobytes())
+def _data_fingerprint(data: np.ndarray, *more: np.ndarray) -> str:
+    """SHA-256 of ``data`` (its shape, then its float64 bytes), followed by each array of ``more``
+    the same way (a conditional run's contexts)."""
+    h = hashlib.sha256()
+    for i, a in enumerate((data, *more)):
+        arr = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(str(arr.shape).encode() if i == 0 else f"|{arr.shape}".encode())
+        h.update(arr.tobytes())
     return h.hexdigest()
 
 
@@ -678,10 +682,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         data, context = load_training_set(config)
     resolve_context(config, data, context)
     prior = load_prior(config, data.shape[1])
-    fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]))
-    if context is not None:
-        fingerprint = _data_fingerprint(np.concatenate([np.frombuffer(fingerprint.encode(), np.uint8),
-                                                        np.asarray(context, np.float64).ravel()]))
+    fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]),
+                                    *(() if context is None else (context,)))
     ckpt, changes = _open_run(config, run_dir, env, writer, fingerprint, resume, allow_config_change)
     s = _build(config, env, device, method, data, prior, run_dir, writer, fingerprint, context)
 
