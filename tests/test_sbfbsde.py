@@ -18,7 +18,7 @@ from sbdiff.encoders import Encoder, FixedEncoder
 from sbdiff.methods._schedule import OPEN, PhaseSchedule
 from sbdiff.nets import TimeMLP
 from sbdiff.objectives import (divergence_matching, dsm_loss, gaussian_kl_estimate, gaussian_moment_kl,
-                               simulate_controlled, simulated_path_elbo)
+                               reference_prior_kl_bound, simulate_controlled, simulated_path_elbo)
 from sbdiff.references import VP, Brownian
 
 from conftest import GaussianData, assert_train_refused, stderr
@@ -287,6 +287,7 @@ def _tiny(cfg: Config) -> Config:
     cfg.model.time_dim = 8
     s = cfg.sbfbsde
     s.hidden, s.blocks, s.num_steps, s.cache_size, s.cache_refresh, s.half_steps = 16, 1, 8, 64, 7, 10
+    s.ipf_tol = 0  # these runs test the alternation, also where the VP reference alone reaches the prior
     cfg.train.batch_size, cfg.train.log_every, cfg.train.checkpoint_every, cfg.train.warmup = 32, 5, 13, 5
     return cfg
 
@@ -483,3 +484,73 @@ def test_bridge_mode_does_not_standardise_unless_asked():
                             "reference": {"kind": "brownian", "eps": 1.0}}, Config()).validate()
     assert cfg.data.normalize is True
     assert config_from_dict({"method": "sbfbsde"}, Config()).validate().data.normalize is True
+
+
+# -- IPF's stopping rule before iteration 1 (issue 26) -------------------------------------------
+def _gauss_kl(m1, C1, m2, C2):
+    """``KL(N(m1, C1) ‖ N(m2, C2))``, float64."""
+    d, diff = len(m1), m2 - m1
+    solve = torch.linalg.solve(C2, C1)
+    return 0.5 * (float(torch.trace(solve)) + float(diff @ torch.linalg.solve(C2, diff)) - d
+                  + float(torch.logdet(C2) - torch.logdet(C1)))
+
+
+def test_reference_prior_kl_bound_bounds_both_directions_of_the_exact_kl():
+    """Gaussian data under a VP reference that stops short of its prior (``beta_max = 2``): the
+    reference's ``q_T = N(aμ, a²Σ + s²I)`` is exact, so both KLs against the prior are known; the bound
+    must lie above both, equal the larger closed-form mean of the per-point transition KLs, and be
+    exact for a single point."""
+    ref = VP(0.1, 2.0)
+    mu = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    Sigma = torch.tensor([[2.0, 1.2], [1.2, 1.0]], dtype=torch.float64)
+    x0 = torch.distributions.MultivariateNormal(mu, Sigma).sample((200_000,))
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    a = math.exp(float(ref.log_mean_coeff(zero, one)))
+    s2 = float(ref.transition_var(zero, one))
+    eye, origin = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    q_T = (a * mu, a * a * Sigma + s2 * eye)
+    exact = max(_gauss_kl(*q_T, origin, eye), _gauss_kl(origin, eye, *q_T))
+    spread = float(mu @ mu) + float(torch.trace(Sigma))  # E‖x0‖²
+    expected = max(0.5 * (2 * (s2 - 1 - math.log(s2)) + a * a * spread),
+                   0.5 * (2 * (1 / s2 - 1 + math.log(s2)) + a * a * spread / s2))
+    bound = float(reference_prior_kl_bound(ref, x0))
+    assert bound == pytest.approx(expected, rel=0.01)
+    assert exact < 0.8 * bound  # a strict bound here (the data's spread is what the convexity gives away)
+    point = mu[None]
+    assert float(reference_prior_kl_bound(ref, point)) == pytest.approx(
+        max(_gauss_kl(a * mu, s2 * eye, origin, eye), _gauss_kl(origin, eye, a * mu, s2 * eye)), rel=1e-9)
+    # the default VP reaches its prior: about 1e-5 nats per dimension for unit-scale data
+    assert float(reference_prior_kl_bound(VP(), torch.randn(1000, 2, dtype=torch.float64))) < 1e-4
+
+
+def _generative_run(tmp_path, capfd, reference=None, **sb):
+    np.save(tmp_path / "g.npy", GaussianData([1.0, -2.0], [[2.0, 1.2], [1.2, 1.0]], VP()).sample(
+        2000, seed=0).numpy().astype(np.float32))
+    cfg = _tiny(Config())
+    cfg.data.data = str(tmp_path / "g.npy")
+    cfg.sbfbsde.ipf_tol = sb.get("ipf_tol", 1e-3)
+    if reference is not None:
+        cfg.reference = reference
+    cfg.train.steps = 30  # D0 (10), E0 (10), D1 (10) when alternating
+    run = tmp_path / "run"
+    res = fit(cfg.validate(), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return res, {r["phase"] for r in rows if "phase" in r}, capfd.readouterr().err
+
+
+def test_a_reference_that_reaches_the_prior_ends_ipf_at_iteration_0(tmp_path, capfd):
+    """The VP reference carries standardised data to N(0, I): one decoder phase (the DSM warm start)
+    for the whole budget, the encoder left at the reference (its zero-initialised output), one line."""
+    res, phases, err = _generative_run(tmp_path, capfd)
+    assert phases == {0.0}
+    assert "IPF has converged at iteration 0" in err and err.count("\n") >= 1
+    assert res.model.encoder.net.out[2].weight.abs().sum() == 0
+    assert res.model.decoder.net.out[2].weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", ["brownian reference", "ipf_tol = 0"])
+def test_a_reference_short_of_the_prior_or_ipf_tol_0_alternates(tmp_path, capfd, case):
+    reference = {"kind": "brownian", "eps": 1.0} if case == "brownian reference" else None
+    res, phases, err = _generative_run(tmp_path, capfd, reference, ipf_tol=0.0 if case == "ipf_tol = 0" else 1e-3)
+    assert phases == {0.0, 1.0, 2.0}
+    assert "converged" not in err

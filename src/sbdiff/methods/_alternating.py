@@ -106,7 +106,10 @@ class Alternating(Method):
         return schedule is not None and schedule.total_steps() is not None
 
     def max_steps(self) -> int | None:
-        return None if self.schedule is None else self.schedule.total_steps()
+        """The schedule's steps; ``None`` without a schedule or for one without an end of its own
+        (open-ended, or a phase of :data:`~sbdiff.methods._schedule.OPEN` steps)."""
+        total = None if self.schedule is None else self.schedule.total_steps()
+        return None if total is None or total >= OPEN else total
 
     def plan_window(self, step: int) -> PlanWindow | None:
         """Time the first decoder phase, or the first encoder phase after a first decoder phase without
