@@ -80,6 +80,7 @@ from torch import Tensor, nn
 from .._utils import SbdiffError, append_dims
 from ..config import Config, Section, set_resolved
 from ..decoders import NeuralDecoder, ScoreDecoder
+from ..distributed import detect
 from ..encoders import FixedEncoder, NeuralEncoder
 from ..model import PathVAE
 from ..nets import TimeMLP
@@ -285,8 +286,7 @@ class SBFBSDE(Alternating):
 
     def begin_step(self, model: PathVAE, step: int) -> None:
         if self._notice is not None:  # once per training session (not when a saved run is loaded)
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-                    and torch.distributed.get_rank() != 0):
+            if detect().is_writer:
                 print(self._notice, file=sys.stderr, flush=True)
             self._notice = None
         self._step = step
