@@ -127,7 +127,7 @@ def phases(args) -> list[dict]:
 def points(args) -> list[dict]:
     from sbdiff.train import load_run
 
-    pair, _, _ = pair_and_samples(args.seed)
+    pair = make_pair(16, 1.0, args.seed, "draft-recipe")
     _, model = load_run(args.run)
     x_test = pair.sample_source(250, np.random.default_rng([args.seed, 1]))
     tm, tc = pair.conditional_moments(x_test)

@@ -184,7 +184,6 @@ class SBFBSDE(Alternating):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.reference_prior_bound: float | None = None  # nats (generative alternating runs; _check_converged)
         self._notice: str | None = None  # the converged-at-iteration-0 line, printed at the first training step
         self._step = 0
         self._x: Tensor | None = None  # training data, model coordinates
@@ -257,7 +256,6 @@ class SBFBSDE(Alternating):
         if self.bridge_mode or self.schedule is None or s.ipf_tol <= 0:
             return
         bound = float(reference_prior_kl_bound(model.reference, self._x))
-        self.reference_prior_bound = bound
         if bound > s.ipf_tol * model.dim:
             return
         first = self.config.train.steps or OPEN  # the whole budget (a time budget's plan fits it)
