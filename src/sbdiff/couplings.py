@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ._utils import SbdiffError, append_dims
 
-__all__ = ["COUPLINGS", "minibatch_coupling", "bridge_sample", "bridge_targets", "bridge_variances", "BridgeTimes"]
+__all__ = ["COUPLINGS", "minibatch_coupling", "bridge_sample", "bridge_targets", "bridge_variances", "BridgeTimes",
+           "bridge_matching_loss"]
 
 #: The iteration-0 couplings of :func:`minibatch_coupling`.
 COUPLINGS = ("independent", "ot", "entropic")
@@ -212,3 +213,20 @@ class BridgeTimes:
         t = edges[i] + u * width[i]
         w = width[i] / (prob[i] * self.length)
         return t.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)
+
+
+def bridge_matching_loss(control, reference, times: BridgeTimes, x0: Tensor, x1: Tensor, role: str,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """Bridge matching of one control on the pairs ``(x0, x1)`` ``(B, d)`` each (DESIGN §4.5): the
+    squared residual of ``control(X_t, t)`` against the bridge's own control (:func:`bridge_targets`:
+    ``z*`` for ``role = "encoder"``, ``ẑ*`` for ``"decoder"``) at ``X_t`` of the reference pinned at
+    the pair, summed over coordinates, at times drawn by ``times`` with their importance weights (the
+    path KL's uniform time in expectation), mean over the batch. Draws, in order: the times, then
+    the bridge's noise. Scalar."""
+    B = x0.shape[0]
+    t, w = times.sample(role, B, generator=generator, dtype=x0.dtype, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = bridge_sample(reference, x0, x1, t, noise)
+    z, zhat = bridge_targets(reference, x0, x1, x_t, t)
+    res = control(x_t, t) - (z if role == "encoder" else zhat)
+    return (w * res.pow(2).reshape(B, -1).sum(1)).mean()

@@ -297,7 +297,7 @@ class PathVAE(nn.Module):
 
     # -- transport ----------------------------------------------------------------------------
     def _integrate(self, y: Tensor, ts: Tensor, sde_drift, *, ode: bool, solver: str,
-                   trajectory: bool, generator, progress: bool, velocity=None) -> Tensor:
+                   trajectory: bool, generator, progress: bool, velocity=None, noise_last: bool = False) -> Tensor:
         velocity = self.velocity if velocity is None else velocity
         if ode:
             if solver not in ODE_SOLVERS:
@@ -308,13 +308,23 @@ class PathVAE(nn.Module):
         # on a fixed chain grid (DSB) a step's noise is the forward chain's step's: g at its data-side end
         noise_at = "lower" if self.sde_grid is not None else "start"
         return euler_maruyama(sde_drift, self.reference.g, y, ts, generator=generator, noise_at=noise_at,
-                              trajectory=trajectory, progress=progress)
+                              noise_last=noise_last, trajectory=trajectory, progress=progress)
+
+    @staticmethod
+    def _plan_sampler(part, ode: bool, sde: bool, trajectory: bool):
+        """``part.sample_plan`` when ``part`` (an encoder or a decoder) draws its end points in closed form
+        (LightSB's mixtures, DESIGN §4.7) and neither the ODE, the SDE nor a path was asked for; else None."""
+        if ode or sde or trajectory:
+            return None
+        return getattr(part, "sample_plan", None)
 
     @torch.no_grad()
     def decode(self, z: Tensor, *, nfe: int = 500, ode: bool = False, solver: str = "heun",
                trajectory: bool = False, generator: torch.Generator | None = None,
-               progress: bool = False, cond=None, guidance: float = 0.0) -> Tensor:
-        """Prior side -> data side: the decoder SDE (Euler–Maruyama) or the PF-ODE, from ``T`` to ``t_min``.
+               progress: bool = False, cond=None, guidance: float = 0.0, sde: bool = False) -> Tensor:
+        """Prior side -> data side: the decoder SDE (Euler–Maruyama) or the PF-ODE, from ``T`` to ``t_min``;
+        or, for a decoder with a closed-form plan (``sample_plan``: lightsb, DESIGN §4.7), exact draws
+        of the plan unless ``ode``, ``sde`` or ``trajectory`` is asked for.
 
         ``z`` are prior-side points in model coordinates (Gaussian prior) or, in bridge mode, in data
         coordinates (points of the second data set).
@@ -335,6 +345,8 @@ class PathVAE(nn.Module):
             The context of a conditional model (:meth:`context_to_model`), one per point.
         guidance : float
             Classifier-free guidance weight ``w`` (0: the plain conditional model; DESIGN §4.6).
+        sde : bool
+            Integrate the decoder SDE even when the decoder has a closed-form plan.
         """
         z = self._check(z, "decode input")
         c = self.context_to_model(cond, len(z))
@@ -344,17 +356,22 @@ class PathVAE(nn.Module):
             raise SbdiffError(f"guidance must be a finite number >= 0, got {guidance}")
         if self.bridge:  # the prior side is a data set: its points come in data coordinates
             z = self.to_model(z)
+        plan = self._plan_sampler(self.decoder, ode, sde, trajectory)
+        if plan is not None:
+            return self.to_data(plan(z, generator))
         ts = self._grid(self.reference.T, self.t_min, nfe, ode, z)
         velocity, drift, _ = self._fields(c, guidance)
-        out = self._integrate(z, ts, drift, ode=ode, solver=solver, trajectory=trajectory,
-                              generator=generator, progress=progress, velocity=velocity)
+        out = self._integrate(z, ts, drift, ode=ode, solver=solver, trajectory=trajectory, generator=generator,
+                              progress=progress, velocity=velocity,
+                              noise_last=getattr(self.decoder, "noise_last", False))
         return self.to_data(out)
 
     @torch.no_grad()
     def encode(self, x: Tensor, *, nfe: int = 500, ode: bool = False, solver: str = "heun",
                trajectory: bool = False, generator: torch.Generator | None = None,
-               progress: bool = False, cond=None) -> Tensor:
-        """Data side -> prior side: the encoder SDE or the PF-ODE, from ``t_min`` to ``T``.
+               progress: bool = False, cond=None, sde: bool = False) -> Tensor:
+        """Data side -> prior side: the encoder SDE or the PF-ODE, from ``t_min`` to ``T``; exact draws
+        of the encoder's plan where it has one in closed form (as :meth:`decode`, ``sde`` likewise).
 
         ``x`` has shape ``(N, d)`` in data coordinates; returns prior-side points ``(N, d)`` in model
         coordinates (bridge mode: data coordinates), or the path ``(nfe+1, N, d)`` in data
@@ -362,9 +379,14 @@ class PathVAE(nn.Module):
         """
         y = self.to_model(self._check(x, "encode input"))
         velocity, _, drift = self._fields(self.context_to_model(cond, len(y)), 0.0)
+        plan = self._plan_sampler(self.encoder, ode, sde, trajectory)
+        if plan is not None:
+            out = plan(y, generator)
+            return self.to_data(out) if self.bridge else out
         ts = self._grid(self.t_min, self.reference.T, nfe, ode, y)
-        out = self._integrate(y, ts, drift, ode=ode, solver=solver, trajectory=trajectory,
-                              generator=generator, progress=progress, velocity=velocity)
+        out = self._integrate(y, ts, drift, ode=ode, solver=solver, trajectory=trajectory, generator=generator,
+                              progress=progress, velocity=velocity,
+                              noise_last=getattr(self.encoder, "noise_last", False))
         return self.to_data(out) if trajectory or self.bridge else out
 
     def sample_prior(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:

@@ -23,7 +23,9 @@ Schedules (``dsbm.schedule``):
   Decoder phase 0 fits the backward drift on bridges of the iteration-0 coupling of the data and the
   prior (``dsbm.coupling``: ``independent``, or minibatch OT, exact ``ot`` or ``entropic`` with
   regularisation ``2·eps``: SF²M's coupling, Tong et al. 2024;
-  :func:`sbdiff.couplings.minibatch_coupling`). Then, in turn: an encoder phase fits the forward
+  :func:`sbdiff.couplings.minibatch_coupling`; or ``lightsb``: the plan of a LightSB fit, DESIGN §4.7,
+  a closed-form SB of a mixture potential fitted in seconds, so that the projections start from an
+  approximate SB rather than a minibatch plan). Then, in turn: an encoder phase fits the forward
   drift on bridges of pairs ``(x0, x1)`` with ``x1`` drawn from the prior and ``x0`` simulated by the
   frozen decoder; a decoder phase fits the backward drift on pairs with ``x0`` from the data and
   ``x1`` simulated by the frozen encoder. Each projection keeps both marginals of the coupling it
@@ -52,20 +54,26 @@ from torch import Tensor
 
 from .._utils import SbdiffError
 from ..config import Config, Section
-from ..couplings import COUPLINGS, BridgeTimes, bridge_sample, bridge_targets, minibatch_coupling
+from ..couplings import COUPLINGS, BridgeTimes, bridge_matching_loss, minibatch_coupling
 from ..decoders import NeuralDecoder
 from ..distributed import step_generator
 from ..encoders import NeuralEncoder
+from ..mixture_sb import MixturePotential, fit_mixture_sb
 from ..model import PathVAE
+from ..references import Brownian
 from ..solvers import euler_maruyama, make_grid
 from ._alternating import CACHE_STREAM, Alternating
 from ._schedule import Phase, PhaseSchedule
 from .base import build_network, check_flat, register
 
-__all__ = ["DSBM", "DSBMConfig", "SCHEDULES"]
+__all__ = ["DSBM", "DSBMConfig", "SCHEDULES", "DSBM_COUPLINGS"]
 
 #: The schedules of ``dsbm.schedule``.
 SCHEDULES = ("imf", "coupled")
+#: The iteration-0 couplings of ``dsbm.coupling``: the minibatch ones and a LightSB fit's plan.
+DSBM_COUPLINGS = (*COUPLINGS, "lightsb")
+#: The seed stream of the LightSB fit behind ``dsbm.coupling = "lightsb"``.
+LIGHTSB_STREAM = 104_729
 
 
 @dataclass
@@ -73,7 +81,8 @@ class DSBMConfig(Section):
     """Settings of ``method = "dsbm"``, the ``[dsbm]`` section (DESIGN §4.5; Shi et al. 2023, Peluchetti 2024)."""
 
     schedule: str = "imf"          # imf (alternating Markovian projections, DSBM) | coupled (both networks in one loop, BM²)
-    coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps)
+    coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps) | lightsb (the plan of a LightSB fit)
+    coupling_steps: int = 10000    # lightsb coupling: Adam steps of the mixture fit (its K, covariance, s_init, s_floor: the [lightsb] section)
     iterations: int = 0            # imf: decoder phases (the encoder is fitted between them); 0: as many as the budget holds
     half_steps: int = 2000         # imf: optimiser steps per phase (stretched to fill a budget)
     first_steps: int = 0           # imf: steps of decoder phase 0 (0: half_steps); coupled: steps on the coupling before the loop
@@ -102,12 +111,12 @@ class DSBM(Alternating):
         d = config.dsbm
         if d.schedule not in SCHEDULES:
             raise SbdiffError(f"dsbm.schedule must be one of {', '.join(SCHEDULES)}, got '{d.schedule}'")
-        if d.coupling not in COUPLINGS:
-            raise SbdiffError(f"dsbm.coupling must be one of {', '.join(COUPLINGS)}, got '{d.coupling}'")
+        if d.coupling not in DSBM_COUPLINGS:
+            raise SbdiffError(f"dsbm.coupling must be one of {', '.join(DSBM_COUPLINGS)}, got '{d.coupling}'")
         for name in ("iterations", "first_steps", "cache_refresh"):
             if getattr(d, name) < 0:
                 raise SbdiffError(f"dsbm.{name} must be >= 0, got {getattr(d, name)}")
-        for name in ("half_steps", "num_steps", "cache_size", "ot_block", "sinkhorn_iters"):
+        for name in ("half_steps", "num_steps", "cache_size", "ot_block", "sinkhorn_iters", "coupling_steps"):
             if getattr(d, name) < 1:
                 raise SbdiffError(f"dsbm.{name} must be at least 1, got {getattr(d, name)}")
         if not 0 <= d.lr_final <= 1:
@@ -137,6 +146,7 @@ class DSBM(Alternating):
         self._prior_loss: float | None = None  # the KL monitor of the encoder's last simulated ends
         self._coupling_s: float = 0.0  # seconds of the last iteration-0 coupling draw
         self._times: BridgeTimes | None = None  # the regression's time sampler (built with the model)
+        self._lightsb: MixturePotential | None = None  # coupling = lightsb: the fitted potential
 
     # -- model -----------------------------------------------------------------------------------
     def build(self, data: np.ndarray, prior: np.ndarray | None = None) -> PathVAE:
@@ -166,8 +176,17 @@ class DSBM(Alternating):
                               noise_last=True)
 
     def _coupling_pairs(self, model: PathVAE, n: int, gen: torch.Generator) -> dict[str, Tensor]:
-        """``n`` pairs of the iteration-0 coupling of the data and the prior (``dsbm.coupling``)."""
+        """``n`` pairs of the iteration-0 coupling of the data and the prior (``dsbm.coupling``):
+        minibatch couplings of data and prior draws, or (``lightsb``) prior draws ``x1`` with
+        ``x0 ~ π_θ(· | x1)`` of the LightSB fit (:meth:`_lightsb_plan`)."""
         s = self.config.dsbm
+        if s.coupling == "lightsb":
+            start = time.perf_counter()
+            potential = self._lightsb_plan(model)
+            x1 = model.prior_model_points(n, generator=gen)
+            x0 = potential.sample_plan(x1, gen)
+            self._coupling_s = time.perf_counter() - start
+            return {"x0": x0, "x1": x1}
         x0 = self._data_points(model, n, gen)
         x1 = model.prior_model_points(n, generator=gen)
         start = time.perf_counter()
@@ -175,6 +194,26 @@ class DSBM(Alternating):
         j = minibatch_coupling(x0, x1, s.coupling, eps=eps, block=s.ot_block, max_iter=s.sinkhorn_iters, generator=gen)
         self._coupling_s = time.perf_counter() - start
         return {"x0": x0, "x1": x1[j]}
+
+    def _lightsb_plan(self, model: PathVAE) -> MixturePotential:
+        """The LightSB fit (DESIGN §4.7) whose plan is iteration 0's coupling: a mixture potential on
+        the data side fitted to all data points and as many prior draws (model coordinates) by
+        ``dsbm.coupling_steps`` Adam steps of batch 128 (:func:`~sbdiff.mixture_sb.fit_mixture_sb`; the
+        mixture's settings from ``[lightsb]``), on a generator of its own seeded by ``config.seed``, so
+        that a resumed run refits the same potential. Fitted once per process."""
+        if self._lightsb is None:
+            cfg = self.config
+            if not isinstance(model.reference, Brownian) or model.reference.T != 1.0:
+                raise SbdiffError("dsbm.coupling = lightsb needs the reference brownian(eps) on [0, 1] (--eps EPS)")
+            device = model.data_mean.device
+            gen = torch.Generator(device=device).manual_seed(cfg.seed + LIGHTSB_STREAM)
+            x0 = model.to_model(self._data.to(device))
+            x1 = model.prior_model_points(len(x0), generator=gen)
+            ls = cfg.lightsb
+            self._lightsb = fit_mixture_sb(x1, x0, model.reference.eps, components=ls.components,
+                                           covariance=ls.covariance, s_init=ls.s_init, s_floor=ls.s_floor,
+                                           steps=cfg.dsbm.coupling_steps, generator=gen)
+        return self._lightsb
 
     @torch.no_grad()
     def _encoder_pairs(self, model: PathVAE, encoder, n: int, gen: torch.Generator) -> dict[str, Tensor]:
@@ -233,13 +272,8 @@ class DSBM(Alternating):
         weights (the path KL's uniform time in expectation), mean over the batch."""
         x0, x1 = pairs["x0"], pairs["x1"]
         m = torch.randint(0, len(x0), (B,), generator=generator, device=x0.device)
-        x0, x1 = x0[m], x1[m]
-        t, w = self._times.sample(role, B, generator=generator, dtype=x0.dtype, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = bridge_sample(model.reference, x0, x1, t, noise)
-        z, zhat = bridge_targets(model.reference, x0, x1, x_t, t)
-        res = model.encoder.net(x_t, t) - z if role == "encoder" else model.decoder.net(x_t, t) - zhat
-        return (w * res.pow(2).reshape(B, -1).sum(1)).mean()
+        net = model.encoder.net if role == "encoder" else model.decoder.net
+        return bridge_matching_loss(net, model.reference, self._times, x0[m], x1[m], role, generator)
 
     def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Bridge matching on ``batch.shape[0]`` pairs of the cache (the data batch itself is not
