@@ -222,9 +222,11 @@ def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> n
     samples = model.sample(n_plot, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu().numpy()
     plot_samples(samples, data[:n_plot], result.run_dir / "samples.png", f"{cfg.method} on {cfg.data.data}")
     chain = model.sde_grid is not None  # DSB: the learned discrete chain itself
-    traj = model.decode(model.sample_prior(200, generator=gen), nfe=100, ode=not chain, trajectory=True,
+    closed = getattr(model.decoder, "sample_plan", None) is not None  # lightsb: the SDE of its closed-form drift
+    traj = model.decode(model.sample_prior(200, generator=gen), nfe=100, ode=not (chain or closed), trajectory=True,
                         solver=cfg.sample.ode_solver, generator=gen).cpu().numpy()
-    title = f"decoder chain paths ({len(traj) - 1} steps)" if chain else "probability-flow ODE paths"
+    title = (f"decoder chain paths ({len(traj) - 1} steps)" if chain else
+             "decoder SDE paths (closed-form drift)" if closed else "probability-flow ODE paths")
     if model.bridge:
         title += f", {cfg.data.prior} -> {cfg.data.data}"
     plot_trajectories(traj, result.run_dir / "trajectories.png", title)
@@ -244,7 +246,10 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
         raise SbdiffError("--png needs an image run (this run's data are vectors)")
     nfe = args.nfe or cfg.sample.nfe
     gen = torch.Generator().manual_seed(args.seed)
-    kw = dict(nfe=nfe, ode=args.ode, solver=cfg.sample.ode_solver, generator=gen, progress=not args.quiet)
+    if args.ode and args.sde:
+        raise SbdiffError("--ode and --sde exclude each other: choose the probability-flow ODE or the SDE")
+    kw = dict(nfe=nfe, ode=args.ode, sde=args.sde, solver=cfg.sample.ode_solver, generator=gen,
+              progress=not args.quiet)
     if direction == "sample":
         kw.update(_sample_context(args, cfg, model))
         start = model.sample_prior(args.n, generator=gen)
@@ -270,7 +275,10 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
 
         lo, hi = _image_range(model)
         save_image_grid(end.reshape(len(end), *model.image_shape), args.png, vmin=lo, vmax=hi)
-    print(f"{direction}: {len(end)} points, {nfe} {'ODE' if args.ode else 'SDE'} steps -> {args.out}")
+    part = model.decoder if direction == "decode" else model.encoder
+    exact = model.plan_sampler(part, args.ode, args.sde, bool(args.trajectory)) is not None
+    how = "exact draws of the closed-form plan" if exact else f"{nfe} {'ODE' if args.ode else 'SDE'} steps"
+    print(f"{direction}: {len(end)} points, {how} -> {args.out}")
     return 0
 
 
@@ -550,8 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--guidance", type=float, metavar="W",
                            help="classifier-free guidance weight (default 0: the plain conditional model)")
         s.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the SDE")
+        s.add_argument("--sde", action="store_true", help="integrate the SDE even where the run draws its plan "
+                       "in closed form (lightsb; its default: exact draws, no steps)")
         s.add_argument("--nfe", type=_positive_int, help="number of steps (default: the run's sample.nfe)")
-        s.add_argument("--trajectory", help="also save the path, shape (K+1, N, d), to this .npy")
+        s.add_argument("--trajectory", help="also save the path, shape (K+1, N, d), to this .npy (integrates "
+                       "the SDE or, with --ode, the ODE)")
         s.add_argument("--seed", type=int, default=0)
         common(s)
         s.set_defaults(func=func)

@@ -144,19 +144,31 @@ class MixturePotential(nn.Module):
         move = (rr + (lam - 1.0) * xr) / M
         return logw, move, U
 
+    def _plan_logits(self, x: Tensor) -> Tensor:
+        """``log α_k + (xᵀ S_k x + 2 r_kᵀ x)/(2 eps)`` ``(B, K)``: ``log γ_k(x)`` up to ``log c(x)``. Diagonal
+        ``S_k``: two matrix products, no ``(B, K, d)`` tensor."""
+        lam, U = self.scales(), self.rotations()
+        if U is None:
+            arg = x.pow(2) @ lam.T + 2.0 * (x @ self.r.T)
+        else:
+            xr = self._axes(x, U)
+            arg = (lam * xr.pow(2) + 2.0 * self._means_in_axes(U) * xr).sum(-1)
+        return self.log_alpha() + arg / (2.0 * self.eps)
+
     def log_c(self, x: Tensor) -> Tensor:
         """``log c_θ(x)`` at source points ``x`` ``(B, d)``; returns ``(B,)`` (LightSB eq. 9)."""
-        lam, U = self.scales(), self.rotations()
-        xr, rr = self._axes(x, U), self._means_in_axes(U)
-        arg = (lam * xr.pow(2) + 2.0 * rr * xr).sum(-1) / (2.0 * self.eps)
-        return torch.logsumexp(self.log_alpha() + arg, dim=1)
+        return torch.logsumexp(self._plan_logits(x), dim=1)
 
     def log_v(self, y: Tensor) -> Tensor:
         """``log v_θ(y)`` at target points ``y`` ``(B, d)``; returns ``(B,)``."""
         lam, U = self.scales(), self.rotations()
-        yr, rr = self._axes(y, U), self._means_in_axes(U)
         var = self.eps * lam
-        logn = -0.5 * (torch.log(2.0 * math.pi * var).sum(-1) + ((yr - rr).pow(2) / var).sum(-1))
+        if U is None:  # Σ_j (y_j − r_kj)²/var_kj expanded into matrix products
+            prec = 1.0 / var
+            maha = y.pow(2) @ prec.T - 2.0 * (y @ (self.r * prec).T) + (self.r.pow(2) * prec).sum(-1)
+        else:
+            maha = ((self._axes(y, U) - self._means_in_axes(U)).pow(2) / var).sum(-1)
+        logn = -0.5 * (torch.log(2.0 * math.pi * var).sum(-1) + maha)
         return torch.logsumexp(self.log_alpha() + logn, dim=1)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
@@ -177,17 +189,15 @@ class MixturePotential(nn.Module):
     def sample_plan(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Exact draws of ``π_θ(y | x)`` for source points ``x`` ``(B, d)``; returns ``(B, d)`` (eq. 10):
         a component ``k ~ γ(x)``, then ``y = r_k + S_k x + √eps S_k^{½} ξ``."""
-        logw, move, U = self._weights_and_moves(x, 0.0)
-        k = torch.multinomial(torch.softmax(logw.double(), dim=1), 1, generator=generator).squeeze(1)
+        k = torch.multinomial(torch.softmax(self._plan_logits(x).double(), dim=1), 1, generator=generator).squeeze(1)
         xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        idx = torch.arange(len(x), device=x.device)
-        lam = self.scales()[k]  # (B, d)
-        step = move[idx, k]  # (B, d): the plan's mean move in component k's axes
+        lam, U = self.scales()[k], self.rotations()  # (B, d): the chosen components' eigenvalues
         noise = torch.sqrt(self.eps * lam) * xi
         if U is None:
-            return x + step + noise
-        return x + torch.einsum("bij,bj->bi", U[k], step + noise)
-
+            return self.r[k] + lam * x + noise
+        Uk = U[k]  # (B, d, d)
+        xr = torch.einsum("bij,bi->bj", Uk, x)
+        return torch.einsum("bij,bj->bi", Uk, self._means_in_axes(U)[k] + lam * xr + noise)
 
 def default_lr(eps: float) -> float:
     """Adam's learning rate for a mixture potential (``train.lr`` of lightsb when the user sets none): LightSB's benchmark rates (1e-3 at
@@ -207,12 +217,13 @@ def default_lr(eps: float) -> float:
 
 def fit_mixture_sb(x: Tensor, y: Tensor, eps: float, *, components: int = 50, covariance: str = "diagonal",
                    s_init: float = 1.0, s_floor: float = 1e-4, steps: int = 10_000, batch_size: int = 128,
-                   lr: float | None = None, generator: torch.Generator | None = None,
+                   lr: float | None = None, lr_final: float = 0.1, generator: torch.Generator | None = None,
                    progress: bool = False) -> MixturePotential:
     """Fit LightSB's potential to source samples ``x`` ``(N, d)`` and target samples ``y`` ``(M, d)``
     (unpaired) by Adam on :meth:`MixturePotential.loss`, ``steps`` steps of ``batch_size`` points a
     side, the means started on ``K`` target samples. Draws come from ``generator`` (a fixed seed
-    gives a fixed fit); ``lr`` defaults to :func:`default_lr`. Returns the potential (in ``x``'s dtype and device, no gradient needed).
+    gives a fixed fit); ``lr`` defaults to :func:`default_lr` and decays (cosine) to ``lr_final·lr`` over
+    the steps, as lightsb's training does (``lightsb.lr_final``). Returns the potential (in ``x``'s dtype and device, no gradient needed).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise SbdiffError(f"fit_mixture_sb: expected (N, d) and (M, d) samples, got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -223,6 +234,8 @@ def fit_mixture_sb(x: Tensor, y: Tensor, eps: float, *, components: int = 50, co
                            s_floor=s_floor).to(dtype=x.dtype, device=device)
     pot.init_means(y[torch.randint(0, len(y), (components,), generator=generator, device=device)])
     opt = torch.optim.Adam(pot.parameters(), lr=default_lr(eps) if lr is None else lr)
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / steps, 1.0))))
     for _ in tqdm(range(steps), desc="lightsb fit", disable=None if progress else True, leave=False):
         xb = x[torch.randint(0, len(x), (batch_size,), generator=generator, device=device)]
         yb = y[torch.randint(0, len(y), (batch_size,), generator=generator, device=device)]
@@ -230,4 +243,5 @@ def fit_mixture_sb(x: Tensor, y: Tensor, eps: float, *, components: int = 50, co
         with torch.enable_grad():  # also when called under no_grad (a cache simulation)
             pot.loss(xb, yb).backward()
         opt.step()
+        decay.step()
     return pot.requires_grad_(False)

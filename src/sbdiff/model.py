@@ -311,7 +311,7 @@ class PathVAE(nn.Module):
                               noise_last=noise_last, trajectory=trajectory, progress=progress)
 
     @staticmethod
-    def _plan_sampler(part, ode: bool, sde: bool, trajectory: bool):
+    def plan_sampler(part, ode: bool, sde: bool, trajectory: bool):
         """``part.sample_plan`` when ``part`` (an encoder or a decoder) draws its end points in closed form
         (LightSB's mixtures, DESIGN §4.7) and neither the ODE, the SDE nor a path was asked for; else None."""
         if ode or sde or trajectory:
@@ -356,7 +356,7 @@ class PathVAE(nn.Module):
             raise SbdiffError(f"guidance must be a finite number >= 0, got {guidance}")
         if self.bridge:  # the prior side is a data set: its points come in data coordinates
             z = self.to_model(z)
-        plan = self._plan_sampler(self.decoder, ode, sde, trajectory)
+        plan = self.plan_sampler(self.decoder, ode, sde, trajectory)
         if plan is not None:
             return self.to_data(plan(z, generator))
         ts = self._grid(self.reference.T, self.t_min, nfe, ode, z)
@@ -379,7 +379,7 @@ class PathVAE(nn.Module):
         """
         y = self.to_model(self._check(x, "encode input"))
         velocity, _, drift = self._fields(self.context_to_model(cond, len(y)), 0.0)
-        plan = self._plan_sampler(self.encoder, ode, sde, trajectory)
+        plan = self.plan_sampler(self.encoder, ode, sde, trajectory)
         if plan is not None:
             out = plan(y, generator)
             return self.to_data(out) if self.bridge else out

@@ -212,7 +212,7 @@ class DSBM(Alternating):
             ls = cfg.lightsb
             self._lightsb = fit_mixture_sb(x1, x0, model.reference.eps, components=ls.components,
                                            covariance=ls.covariance, s_init=ls.s_init, s_floor=ls.s_floor,
-                                           steps=cfg.dsbm.coupling_steps, generator=gen)
+                                           lr_final=ls.lr_final, steps=cfg.dsbm.coupling_steps, generator=gen)
         return self._lightsb
 
     @torch.no_grad()

@@ -67,6 +67,7 @@ class LightSBConfig(Section):
     encoder: bool = True           # also fit the forward mixture (encode, the PF-ODE and nll)
     coupling: str = "ot"           # matching: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps)
     time_margin: float = 1e-3      # matching: t is drawn on (margin, 1 - margin), importance-weighted as in dsbm
+    lr_final: float = 0.1          # the learning rate decays (cosine) to lr_final * train.lr over train.steps (1: constant, LightSB's own)
 
 
 class MixtureDecoder(Decoder):
@@ -126,9 +127,9 @@ class LightSB(Method):
     # LightSB's recipe: batch 128, 10 000 Adam steps, no EMA, warm-up or clipping (a huge clip norm);
     # train.lr follows eps (sbdiff.mixture_sb.default_lr) unless set.
     defaults = {"train.batch_size": 128, "train.steps": 10_000, "train.ema_decay": 0.0, "train.warmup": 0,
-                "train.grad_clip": 1e9, "model.t_min": 0.0}
+                "train.grad_clip": 1e9}
     # the matching objective on a minibatch-OT coupling (it draws more randomness than kl), K = 4
-    smoke = "[reference]\nkind = \"brownian\"\neps = 1.0\n[lightsb]\ncomponents = 4\nobjective = \"matching\"\n"
+    smoke = "[reference]\nkind = \"brownian\"\neps = 1.0\n[lightsb]\ncomponents = 4\nobjective = \"matching\"\nlr_final = 1.0\n"
 
     @classmethod
     def check(cls, config: Config) -> None:
@@ -147,6 +148,8 @@ class LightSB(Method):
             raise SbdiffError(f"lightsb.s_init must be a finite number > lightsb.s_floor ({s.s_floor}), got {s.s_init}")
         if not 0 < s.time_margin < 0.5:
             raise SbdiffError(f"lightsb.time_margin must lie in (0, 0.5), got {s.time_margin}")
+        if not 0 < s.lr_final <= 1:
+            raise SbdiffError(f"lightsb.lr_final must lie in (0, 1], got {s.lr_final}")
         if config.method != cls.name:
             return
         ref = config.reference
@@ -185,7 +188,20 @@ class LightSB(Method):
             x1 = draw(prior) if prior is not None and len(prior) else reference.prior_sampling((K, dim), generator=gen)
             encoder = MixtureEncoder(reference, self._potential(dim, x1))
         self._times = BridgeTimes(reference, cfg.lightsb.time_margin)
-        return self.assemble(encoder, decoder, data, prior, t_min=0.0)
+        # bridge mode: the SDEs run on all of [0, 1] (the drift is finite there); generative mode keeps
+        # model.t_min, where the path ELBO's time integral starts (as dsbm)
+        return self.assemble(encoder, decoder, data, prior, t_min=0.0 if prior is not None else None)
+
+    def lr_factor(self, step: int) -> float:
+        """Cosine decay from 1 to ``lightsb.lr_final`` over ``train.steps`` (constant past it, and for a
+        run with a time budget alone). Minibatch noise sets the fit's last digits: on a Gaussian pair
+        (K = 1, D = 3) a constant rate leaves the cross-covariance 1.5–2.7 % off where the full-batch
+        optimum is 0.6 % off."""
+        steps, final = self.config.train.steps, self.config.lightsb.lr_final
+        if not steps or final == 1:
+            return 1.0
+        u = min(step / steps, 1.0)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * u))
 
     # -- losses ------------------------------------------------------------------------------------
     def _pairs(self, model: PathVAE, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
