@@ -3,7 +3,9 @@ wall-clock budget, same scoring (cBW2-UVP with its noise floor, BW2-UVP of the t
 train seconds and steps); harness :mod:`sbdiff.bench.table`.
 
     pip install -c constraints.txt -e '.[bench]'             # the peer (torchcfm) for the sf2m rows
-    python benchmarks/eot_table.py                         # dsbm, sf2m, sbfbsde, dsb; eps = 1, D = 2, 16, 64; 5 min each
+    python benchmarks/eot_table.py                         # lightsb, dsbm, sf2m, sbfbsde, dsb; eps = 1, D = 2, 16, 64; 5 min each
+    python benchmarks/eot_table.py --solvers lightsb --dims 2 16 64 128 --eps 0.1 1 10 --minutes 2 --steps 10000 \
+        --config benchmarks/configs/lightsb_eot.toml --out benchmarks/results/eot_table_lightsb_seed0   # issue 38
     python benchmarks/eot_table.py --dims 128 --eps 0.1 10 --out benchmarks/results/eot_table_gpu
     python benchmarks/eot_table.py --official-dir ~/eot_benchmark_data   # Gushchin et al.'s own pairs
     python benchmarks/eot_table.py --family rotated --out DIR   # sbdiff's first pairs (the older tables)

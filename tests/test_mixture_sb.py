@@ -158,6 +158,7 @@ def test_bad_settings_are_refused():
             MixturePotential(2, 3, 1.0, **kwargs)
     with pytest.raises(SbdiffError):
         MixturePotential(2, 0, 1.0)
-    assert default_lr(0.1) == pytest.approx(1e-3) and default_lr(1.0) == pytest.approx(3e-3)
+    assert default_lr(0.1) == pytest.approx(1e-2) and default_lr(1.0) == pytest.approx(3e-3)
     assert default_lr(10.0) == pytest.approx(6e-2) and default_lr(100.0) == pytest.approx(6e-2)
+    assert default_lr(0.01) == pytest.approx(1e-2) and 3e-3 < default_lr(0.3) < 1e-2
     assert 3e-3 < default_lr(3.0) < 6e-2

@@ -31,7 +31,7 @@ from .runner import pair_family, run_bench
 __all__ = ["run_table", "format_comparison", "plot_comparison", "DEFAULT_SOLVERS", "DEFAULT_CELLS"]
 
 #: sbdiff's bridge presets and torchcfm's SF²M-Sink.
-DEFAULT_SOLVERS = ("dsbm", "sf2m", "sbfbsde", "dsb")
+DEFAULT_SOLVERS = ("lightsb", "dsbm", "sf2m", "sbfbsde", "dsb")
 #: The eps = 1 row at D = 2, 16, 64.
 DEFAULT_CELLS = ((2, 1.0), (16, 1.0), (64, 1.0))
 _FILES = ("eot_table.json", "eot_table.md", "eot_table.png")

@@ -198,7 +198,7 @@ class DSBM(Alternating):
     def _lightsb_plan(self, model: PathVAE) -> MixturePotential:
         """The LightSB fit (DESIGN §4.7) whose plan is iteration 0's coupling: a mixture potential on
         the data side fitted to all data points and as many prior draws (model coordinates) by
-        ``dsbm.coupling_steps`` Adam steps of batch 128 (:func:`~sbdiff.mixture_sb.fit_mixture_sb`; the
+        ``dsbm.coupling_steps`` Adam steps of batch 512 (:func:`~sbdiff.mixture_sb.fit_mixture_sb`; the
         mixture's settings from ``[lightsb]``), on a generator of its own seeded by ``config.seed``, so
         that a resumed run refits the same potential. Fitted once per process."""
         if self._lightsb is None:
