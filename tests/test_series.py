@@ -231,7 +231,8 @@ def test_coverage_gaussian():
     assert abs(coverage(samples, truth, 0.9) - 0.9) < 0.03  # 1600 entries: sd 0.0075
     assert abs(coverage(samples, truth, 0.5) - 0.5) < 0.05
     scores = forecast_scores(samples[:50], truth[:50])
-    assert set(scores) == {"crps", "crps_sum", "ncrps", "coverage_50", "coverage_90", "n_windows"}
+    assert set(scores) == {"crps", "crps_sum", "ncrps", "gluonts_crps", "gluonts_crps_sum", "coverage_50", "coverage_90",
+                           "n_windows"}
     assert scores["n_windows"] == 50 and isinstance(scores["n_windows"], int)
     assert scores["crps"] == pytest.approx(crps(samples[:50], truth[:50]))
     assert scores["ncrps"] == pytest.approx(normalized_crps(samples[:50], truth[:50]))
@@ -259,3 +260,32 @@ def test_plots_write_png(tmp_path):
     for name in ("fans.png", "grid.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+# ---------------------------------------------------------------------------------------------- GluonTS
+
+
+def test_gluonts_metrics_match_multivariate_evaluator():
+    """CRPS and CRPS-sum as the published tables compute them: equal to GluonTS's own
+    ``MultivariateEvaluator`` (TimeGrad's settings) on the same samples, to 1e-6."""
+    gluonts_eval = pytest.importorskip("gluonts.evaluation", reason="gluonts (the test extra) is not installed")
+    import pandas as pd
+    from gluonts.model.forecast import SampleForecast
+
+    from sbdiff.series import GLUONTS_QUANTILES, gluonts_crps, gluonts_crps_sum
+
+    rng = np.random.default_rng(0)
+    n, s, h, d = 5, 100, 30, 4
+    truth = 1.0 + 0.1 * rng.standard_normal((n, h, d)).cumsum(1)
+    samples = truth[:, None] + 0.05 * rng.standard_normal((n, s, h, d)) + 0.02
+    truth[0, 0, 0] = -0.3  # a negative target: |y| in the weight
+    evaluator = gluonts_eval.MultivariateEvaluator(quantiles=GLUONTS_QUANTILES, target_agg_funcs={"sum": np.sum},
+                                                   num_workers=None)
+    start = pd.Period("2020-01-01", freq="D")
+    targets = [pd.DataFrame(truth[i], index=pd.period_range(start + 40 * i, periods=h, freq="D")) for i in range(n)]
+    forecasts = [SampleForecast(samples=samples[i], start_date=start + 40 * i) for i in range(n)]
+    agg, _ = evaluator(iter(targets), iter(forecasts), num_series=n)
+    assert gluonts_crps(samples, truth) == pytest.approx(agg["mean_wQuantileLoss"], abs=1e-6, rel=1e-6)
+    assert gluonts_crps_sum(samples, truth) == pytest.approx(agg["m_sum_mean_wQuantileLoss"], abs=1e-6, rel=1e-6)
+    # and the two differ from each other and from a shifted forecast's (the check can fail)
+    assert abs(gluonts_crps(samples + 0.05, truth) - agg["mean_wQuantileLoss"]) > 1e-3

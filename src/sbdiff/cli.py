@@ -197,14 +197,22 @@ def _finish_conditional_run(result, cfg: Config, *, progress: bool) -> None:
         return
     from .conditioning import series_of
     from .evaluation import forecast_samples
+    from .gluonts_data import is_gluonts
     from .plots import plot_forecast_fans
-    from .series import evaluation_windows
+    from .series import evaluation_windows, sliding_windows
 
-    history, future = evaluation_windows(series_of(cfg), cfg.cond.window, cfg.cond.horizon, part="validation")
+    L, H = cfg.cond.window, cfg.cond.horizon
+    if is_gluonts(cfg.data.data):  # every training row trained: plot the last windows of the training part
+        windows = sliding_windows(series_of(cfg), L)[::-H][:4][::-1]
+        history, future, where = windows[:, :L - H], windows[:, L - H:], "the last training windows"
+    else:
+        history, future = evaluation_windows(series_of(cfg), L, H, part="validation")
+        where = "validation windows"
     pick = np.unique(np.linspace(0, len(history) - 1, min(4, len(history))).round().astype(int))
-    samples = forecast_samples(model, history[pick], 200, nfe=cfg.sample.nfe, seed=cfg.seed + 1)
+    samples = forecast_samples(model, history[pick], 200, nfe=cfg.sample.nfe, seed=cfg.seed + 1,
+                               scaling=cfg.cond.scaling)
     plot_forecast_fans(history[pick], samples, future[pick], result.run_dir / "samples.png",
-                       title=f"{cfg.method} forecasts on validation windows (median, 50 % and 90 % bands)")
+                       title=f"{cfg.method} forecasts on {where} (median, 50 % and 90 % bands)")
 
 
 def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> np.ndarray | None:
@@ -327,7 +335,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         raise SbdiffError(f"{args.history}: the history has {len(history)} rows, the run needs the last L - H = "
                           f"{L - H}")
     paths = forecast_samples(model, history[None, len(history) - (L - H):], args.n, nfe=args.nfe or cfg.sample.nfe,
-                             seed=args.seed, ode=args.ode, progress=not args.quiet)[0]
+                             seed=args.seed, ode=args.ode, progress=not args.quiet, scaling=cfg.cond.scaling)[0]
     _save_npy(paths.astype(np.float32), args.out, "--out")
     print(f"forecast: {args.n} paths of {H} steps x {d} variables after {L - H} rows of {args.history} -> {args.out}")
     return 0
@@ -379,14 +387,13 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
     ``nll_null`` (the null context) on held-out labelled points. Series: CRPS, CRPS-sum and interval
     coverage on the test windows (:func:`~sbdiff.evaluation.forecast_eval`) and the conditional
     ``nll`` of their futures."""
-    from .conditioning import load_training_set, series_of
+    from .conditioning import load_training_set, scaled_windows, series_test_windows
     from .evaluation import conditional_nll, forecast_eval, label_scores, label_split
-    from .series import evaluation_windows, flatten_windows
+    from .series import flatten_windows
 
     nfe = args.nfe or cfg.sample.nfe
-    if args.data:
-        raise SbdiffError("eval of a conditional run scores on the run's own data (labels or the series' test "
-                          "windows): drop --data")
+    if args.data and cfg.cond.kind == "label":
+        raise SbdiffError("eval of a labelled run scores on the run's own data and labels: drop --data")
     if cfg.cond.kind == "label":
         data, labels = load_training_set(cfg)
         per_class = max(1, (args.samples or 500) // cfg.cond.size)
@@ -396,11 +403,27 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
         pick = test[: args.n or (300 if model.image_shape is not None else 1000)]
         res.update(conditional_nll(model, data[pick], labels[pick], seed=args.seed))
     else:
-        series = series_of(cfg)
-        res = forecast_eval(model, series, cfg.cond.window, cfg.cond.horizon, n=args.samples or 100, nfe=nfe,
-                            seed=args.seed, progress=not args.quiet)
-        history, future = evaluation_windows(series, cfg.cond.window, cfg.cond.horizon)
-        res.update(conditional_nll(model, flatten_windows(future), flatten_windows(history), seed=args.seed))
+        from .plots import plot_forecast_fans
+
+        history, future = series_test_windows(cfg, args.data)
+        if history.shape[2] * cfg.cond.horizon != model.dim:
+            raise SbdiffError(f"{args.data}: the series has {history.shape[2]} variables, the run's has "
+                              f"{model.dim // cfg.cond.horizon}")
+        res, samples = forecast_eval(model, history, future, n=args.samples or 100, nfe=nfe, seed=args.seed,
+                                     progress=not args.quiet, scaling=cfg.cond.scaling)
+        h_model, f_model, scale = scaled_windows(history, future, cfg.cond.scaling)
+        nll = conditional_nll(model, flatten_windows(f_model), flatten_windows(h_model), seed=args.seed)
+        # the density of the scaled future, brought back to data units by the Jacobian of the scaling
+        shift = float(np.log(scale).sum(axis=(1, 2)).mean() * cfg.cond.horizon)
+        for key in ("nll", "nll_null"):
+            nll[key] += shift
+            nll[f"{key}_bpd"] = float(model.bits_per_dim(nll[key]))
+        res.update(nll)
+        fans = Path(args.run) / "forecast_fans.png"
+        plot_forecast_fans(history, samples, future, fans, max_windows=8, max_variables=8,
+                           title=f"{cfg.method}: forecasts on the {len(history)} test windows (median, 50 % and "
+                                 f"90 % bands)")
+        print(f"eval: fan charts of the test windows -> {fans}", file=sys.stderr)
     if args.json:
         _write_json(res, args.json)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
@@ -581,10 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="likelihoods (nll, nelbo) and sample metrics of a run")
     e.add_argument("run", help="run directory")
-    e.add_argument("--data", help="data to score (default: the run's data; a fresh draw for built-in sets)")
+    e.add_argument("--data", help="data to score (default: the run's data; a fresh draw for built-in sets; series "
+                   "runs: a GluonTS data set's own test windows, or a series' test segment)")
     e.add_argument("--json", help="write the results to this JSON file")
     e.add_argument("--n", type=_positive_int, help="points for nll/nelbo (default 1000; image runs 300)")
-    e.add_argument("--samples", type=_positive_int, help="samples for W2 etc. (default 2000; image runs 500)")
+    e.add_argument("--samples", type=_positive_int, help="samples for W2 etc. (default 2000; image runs 500; "
+                   "series runs: paths per window, 100)")
     e.add_argument("--nfe", type=_positive_int, help="sampling steps (default: the run's sample.nfe)")
     e.add_argument("--seed", type=int, default=0)
     common(e)

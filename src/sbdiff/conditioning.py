@@ -9,7 +9,11 @@ A conditional run trains on pairs ``(x, c)``:
   conditioning, Tashiro et al. 2021): ``data.data`` is a series ``(T, d)`` (rows are time steps), the
   training windows are the sliding windows of ``L`` rows inside its training segment
   (:func:`sbdiff.series.training_windows`), ``x`` the last ``H`` rows of a window flattened to
-  ``H·d`` and ``c`` the first ``L − H`` rows flattened to ``(L − H)·d``.
+  ``H·d`` and ``c`` the first ``L − H`` rows flattened to ``(L − H)·d``; with ``cond.scaling = "mean"``
+  (the default) both divided, per variable, by the mean absolute value of the window's own history
+  (:func:`sbdiff.series.window_scale`, GluonTS's mean scaling). A GluonTS-format data set
+  (:mod:`sbdiff.gluonts_data`) trains on every row of its training part and is scored on its own
+  test windows (:func:`series_test_windows`); another series on the split of :data:`sbdiff.series.SPLIT`.
 
 :func:`load_training_set` reads either and :func:`resolve_context` records the context's kind and
 size in the config (``cond.kind``, ``cond.size``), from which the model is rebuilt.
@@ -25,7 +29,8 @@ from ._utils import SbdiffError
 from .config import Config, set_resolved
 from .data import load_data
 
-__all__ = ["LABELED_SETS", "load_labels", "check_labels", "load_training_set", "resolve_context", "series_of"]
+__all__ = ["LABELED_SETS", "load_labels", "check_labels", "load_training_set", "resolve_context", "series_of",
+           "scaled_windows", "series_test_windows"]
 
 
 def _digit_labels() -> np.ndarray:
@@ -89,16 +94,49 @@ def series_of(config: Config) -> np.ndarray:
     return load_series(config.data.data)
 
 
+def scaled_windows(history: np.ndarray, future: np.ndarray | None, scaling: str):
+    """Windows in the units the model is trained in: ``(history / s, future / s, s)`` with ``s``
+    ``(N, 1, d)`` from :func:`sbdiff.series.window_scale` (``future`` may be ``None``)."""
+    from .series import window_scale
+
+    scale = window_scale(history, scaling)
+    return history / scale, None if future is None else future / scale, scale
+
+
+def series_test_windows(config: Config, spec: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The scored windows ``(history (N, L − H, d), future (N, H, d))``, data units, of a series run's
+    data (or of ``spec``): a GluonTS-format data set's own test windows
+    (:func:`sbdiff.gluonts_data.rolling_test_windows`), otherwise the test segment's rolling windows
+    (:func:`sbdiff.series.evaluation_windows`)."""
+    from .gluonts_data import is_gluonts, load_gluonts, rolling_test_windows
+    from .series import evaluation_windows, load_series
+
+    spec = config.data.data if spec is None else spec
+    c = config.cond
+    if is_gluonts(spec):
+        return rolling_test_windows(load_gluonts(spec), c.window, c.horizon)
+    return evaluation_windows(load_series(spec), c.window, c.horizon, part="test")
+
+
 def load_training_set(config: Config) -> tuple[np.ndarray, np.ndarray | None]:
     """The training points ``(N, D)`` and their contexts (``(N,)`` labels, ``(N, k)`` values, or
     ``None`` for an unconditional run) named by ``config`` (module docstring)."""
     c = config.cond
     if c.window > 0:
-        from .series import check_window, flatten_windows, training_windows
+        from .gluonts_data import is_gluonts, load_gluonts, rolling_test_windows
+        from .series import SPLIT, check_window, flatten_windows, training_windows
 
-        series = series_of(config)
+        split = SPLIT
+        if is_gluonts(config.data.data):  # every training row trains; the horizon must fit the test windows
+            dataset = load_gluonts(config.data.data)
+            if dataset.test:
+                rolling_test_windows(dataset, c.window, c.horizon)
+            series, split = dataset.train, None
+        else:
+            series = series_of(config)
         check_window(c.window, c.horizon, len(series))
-        history, future = training_windows(series, c.window, c.horizon)
+        history, future = training_windows(series, c.window, c.horizon, split)
+        history, future, _ = scaled_windows(history, future, c.scaling)
         return flatten_windows(future), flatten_windows(history)
     data = load_data(config.data.data, config.data.n_samples, config.seed)
     if c.labels == "none":

@@ -30,12 +30,14 @@ hidden = 256
 blocks = 3
 time_dim = 64
 t_min = 0.001
-net = "auto"            # auto (unet for images, mlp for vectors) | mlp | unet
+net = "auto"            # auto (unet for images, window for series windows, mlp for vectors) | mlp | unet | window
 unet_channels = 32      # U-Net width at the finest resolution
 unet_mult = "1,2"       # width multipliers per resolution (8x8 -> 4x4)
 unet_res_blocks = 1     # residual blocks per resolution
 unet_attention = false  # self-attention at the coarsest resolution
 unet_dropout = 0.0
+window_channels = 64    # series: width of the window network (a 1-D CNN over time, series as channels)
+window_blocks = 4       # series: dilated residual blocks of the window network
 
 [train]
 steps = 20000           # 0: no step limit (then set max_minutes)
@@ -63,6 +65,7 @@ ode_solver = "heun"     # euler | heun | dopri5
 labels = "none"         # none | auto (the data's own: digits) | path to integer labels .npy, one per row
 window = 0              # series: train on sliding windows of L rows of data.data (0: not a series)
 horizon = 0             # series: the last H rows of a window are generated, the first L - H are the context
+scaling = "mean"        # series: mean (each window / the mean |value| of its own history, per series) | standard
 p_uncond = 0.1          # classifier-free guidance: probability of dropping the context in training
 kind = "none"           # resolved when training: none | label | vector
 size = 0                # resolved: number of classes K (labels) or context width (L - H)·d (series)
@@ -156,6 +159,8 @@ class ModelConfig(Section):
     unet_res_blocks: int = 1
     unet_attention: bool = False
     unet_dropout: float = 0.0
+    window_channels: int = 64
+    window_blocks: int = 4
 
     def mult(self) -> tuple[int, ...]:
         """``unet_mult`` as a tuple of ints."""
@@ -193,6 +198,7 @@ class CondConfig(Section):
     labels: str = "none"
     window: int = 0
     horizon: int = 0
+    scaling: str = "mean"
     p_uncond: float = 0.1
     kind: str = "none"
     size: int = 0
@@ -359,6 +365,10 @@ class Config:
             if c.window <= c.horizon:
                 raise SbdiffError(f"the horizon H = {c.horizon} must be less than the window L = {c.window} "
                                   "(a window is L - H observed steps followed by H generated ones)")
+        if c.scaling not in ("mean", "standard"):
+            raise SbdiffError(f"cond.scaling must be mean or standard, got '{c.scaling}'")
+        if self.model.net == "window" and c.window < 1:
+            raise SbdiffError("model.net = window is the network of series windows: it needs --window L --horizon H")
         if not 0 <= c.p_uncond <= 1:
             raise SbdiffError(f"cond.p_uncond must lie in [0, 1], got {c.p_uncond}")
         if c.kind not in ("none", "label", "vector") or (c.kind != "none" and c.size < 1):
@@ -422,8 +432,10 @@ def _resolve_images(cfg: "Config") -> None:
         raise SbdiffError(f"data.levels must be 0 (from the data) or at least 2, got {d.levels}")
     if not (d.max_value >= 0 and math.isfinite(d.max_value)):
         raise SbdiffError(f"data.max_value must be a finite number >= 0 (0: from the data), got {d.max_value}")
-    if m.net not in ("auto", "mlp", "unet"):
-        raise SbdiffError(f"model.net must be auto, mlp or unet, got '{m.net}'")
+    if m.net not in ("auto", "mlp", "unet", "window"):
+        raise SbdiffError(f"model.net must be auto, mlp, unet or window, got '{m.net}'")
+    if m.window_channels < 1 or m.window_blocks < 1:
+        raise SbdiffError("model.window_channels >= 1 and model.window_blocks >= 1 are required")
     try:
         mult = m.mult()
     except ValueError:
@@ -437,7 +449,7 @@ def _resolve_images(cfg: "Config") -> None:
     if d.image_shape == "auto":
         # a missing file is reported by load_data when training; a saved run whose data file is gone
         # predates images (its config would say image_shape otherwise): vectors
-        missing = d.data not in BUILTIN and not Path(d.data).is_file()
+        missing = cfg.cond.window > 0 or (d.data not in BUILTIN and not Path(d.data).is_file())  # series: vectors
         info = ImageInfo(None) if missing else image_info(d.data)
         set_resolved(d, "image_shape", "none" if info.image_shape is None else "x".join(map(str, info.image_shape)))
     elif d.image_shape != "none":

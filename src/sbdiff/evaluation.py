@@ -288,10 +288,14 @@ def conditional_nll(model: PathVAE, x: np.ndarray, cond, *, seed: int = 0, exact
 
 
 def forecast_samples(model: PathVAE, history: np.ndarray, n: int, *, nfe: int = 500, seed: int = 0,
-                     ode: bool = False, progress: bool = False) -> np.ndarray:
+                     ode: bool = False, progress: bool = False, scaling: str = "standard") -> np.ndarray:
     """``n`` sample paths of the next ``H`` steps after each history window (``(W, L − H, d)``, data
     units) from a series model (``cond.window = L``, ``cond.horizon = H``; DESIGN §4.6): returns
-    ``(W, n, H, d)``."""
+    ``(W, n, H, d)`` in data units. ``scaling`` is the run's ``cond.scaling``: with ``mean`` each history
+    is divided by its own scale (:func:`sbdiff.series.window_scale`) and its paths multiplied back."""
+    from .conditioning import scaled_windows
+
+    history, _, scale = scaled_windows(np.asarray(history, dtype=np.float64), None, scaling)
     W, past, d = history.shape
     ctx = np.repeat(history.reshape(W, past * d), n, axis=0)
     gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
@@ -300,17 +304,17 @@ def forecast_samples(model: PathVAE, history: np.ndarray, n: int, *, nfe: int = 
         z = model.sample_prior(len(chunk), generator=gen)
         draws.append(model.decode(z, cond=ctx[chunk], nfe=nfe, ode=ode, generator=gen, progress=progress).cpu().numpy())
     out = np.concatenate(draws).astype(np.float64)
-    return out.reshape(W, n, model.dim // d, d)
+    return out.reshape(W, n, model.dim // d, d) * scale[:, None]
 
 
-def forecast_eval(model: PathVAE, series: np.ndarray, window: int, horizon: int, *, n: int = 100,
-                  part: str = "test", nfe: int = 500, seed: int = 0, progress: bool = False) -> dict:
-    """Forecast scores of a series model on the ``part`` windows of ``series`` ``(T, d)``
-    (:func:`sbdiff.series.evaluation_windows`): CRPS per entry, CRPS-sum, normalised CRPS and the
-    coverage of the 50 % / 90 % central intervals from ``n`` sample paths per window
-    (:func:`sbdiff.series.forecast_scores`, ``scoringrules``)."""
-    from .series import evaluation_windows, forecast_scores
+def forecast_eval(model: PathVAE, history: np.ndarray, future: np.ndarray, *, n: int = 100, nfe: int = 500,
+                  seed: int = 0, progress: bool = False, scaling: str = "standard") -> tuple[dict, np.ndarray]:
+    """Forecast scores of a series model on windows ``history (N, L − H, d)``, ``future (N, H, d)``
+    (data units; :func:`sbdiff.conditioning.series_test_windows`): CRPS per entry, CRPS-sum,
+    normalised CRPS, the published tables' CRPS and CRPS-sum (GluonTS's weighted quantile loss) and
+    the coverage of the 50 % / 90 % central intervals from ``n`` sample paths per window
+    (:func:`sbdiff.series.forecast_scores`). Returns the scores and the samples ``(N, n, H, d)``."""
+    from .series import forecast_scores
 
-    history, future = evaluation_windows(series, window, horizon, part=part)
-    samples = forecast_samples(model, history, n, nfe=nfe, seed=seed, progress=progress)
-    return forecast_scores(samples, future)
+    samples = forecast_samples(model, history, n, nfe=nfe, seed=seed, progress=progress, scaling=scaling)
+    return forecast_scores(samples, future), samples

@@ -16,8 +16,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._utils import as_time
 
-__all__ = ["TimeEmbedding", "LabelEmbedding", "VectorEmbedding", "context_embedding", "drop_context", "TimeMLP", "UNet", "make_ema",
-           "update_ema"]
+__all__ = ["TimeEmbedding", "LabelEmbedding", "VectorEmbedding", "context_embedding", "drop_context", "TimeMLP", "UNet",
+           "WindowNet", "make_ema", "update_ema"]
 
 
 class TimeEmbedding(nn.Module):
@@ -319,6 +319,118 @@ class UNet(nn.Module):
             else:  # attention or upsampling
                 h = layer(h)
         return self.out(h).reshape(B, self.dim)
+
+
+def _time_conv(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """A conv over time with the length kept, on ``(B, C, 1, N)``: the map of ``nn.Conv1d(c_in, c_out,
+    kernel, dilation=dilation, padding=dilation·(kernel−1)/2)`` on ``(B, C, N)``, as a ``(1, kernel)``
+    Conv2d that runs on channels-last tensors (about a fifth faster on CPU, oneDNN, forward and
+    backward)."""
+    return nn.Conv2d(c_in, c_out, (1, kernel), padding=(0, dilation * (kernel - 1) // 2), dilation=(1, dilation))
+
+
+class _DilatedResBlock(nn.Module):
+    """A residual block over time for :class:`WindowNet`: GroupNorm with the time-dependent scale and
+    shift ``h·(1 + a(t)) + b(t)`` (as in :class:`_ConvResBlock`), SiLU, a dilated conv (kernel 3, the
+    length kept); ``h + conv(…)``. One conv per block, not two: a forward and backward pass at ``B =
+    256``, 60 steps and width 64 stays well within 0.1 s on two CPU cores. ``h`` has shape ``(B, C, 1,
+    N)`` (:func:`_time_conv`), ``emb`` ``(B, emb_dim)``."""
+
+    def __init__(self, channels: int, emb_dim: int, dilation: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.emb = nn.Linear(emb_dim, 2 * channels)
+        self.conv = _time_conv(channels, channels, 3, dilation)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        return h + self.conv(self.act(torch.addcmul(shift, self.norm(h), 1 + scale)))
+
+
+class WindowNet(nn.Module):
+    """A time-conditioned 1-D convolutional denoiser for forecasting windows ``(x, t, c) -> y``: time
+    is the convolution axis and the ``d`` series are channels, as in CSDI (Tashiro et al. 2021) and
+    TSDiff (Kollovieh et al. 2023), where a flat MLP over ``past·d`` history and ``H·d`` forecast
+    numbers scales badly with the window.
+
+    The history ``c`` and the forecast ``x`` are laid side by side on ``N = past + H`` time steps with
+    ``d + 1`` channels: the values and the observed mask (1 on the history when it is given, 0 on the
+    forecast). A 1×1 conv lifts them to ``channels``, a learned positional embedding (``channels × N``)
+    marks where the forecast begins, and ``blocks`` residual blocks mix along time (GroupNorm, the
+    time embedding as a scale and shift, SiLU, a dilated conv with kernel 3; dilations 1, 2, 4, 8, …
+    up to the largest power of two below ``N``, then again from 1). GroupNorm, SiLU and a 1×1 conv
+    (zero at initialisation: an untrained network outputs 0) map the last ``H`` steps to ``d``
+    channels. The convs reach ``Σ dilations`` steps either side (15 for four blocks); the whole
+    history also enters every block through its embedding (:class:`VectorEmbedding`, added to the
+    time embedding as in :class:`TimeMLP`), so the far end of a long forecast still sees it.
+
+    Parameters
+    ----------
+    horizon : int
+        Forecast length ``H``; ``x`` has shape ``(B, H·d)``, time-major (``x.reshape(B, H, d)``: the
+        ``d`` series at step 0, then at step 1, …), and so does the output.
+    past : int
+        History length; ``c`` has shape ``(B, past·d)``, time-major like ``x``.
+    series : int
+        Number of series ``d``.
+    channels : int
+        Width of the residual stream.
+    blocks : int
+        Number of residual blocks.
+    time_dim : int
+        Size of the sinusoidal time embedding.
+    T : float
+        Time horizon, used to scale ``t`` to ``[0, 1]``.
+    context : tuple (kind, size), optional
+        ``("vector", past·d)``: the history, standardised. ``c = None`` or a row of ``c`` with a NaN
+        (a dropped context, :func:`drop_context`) is the null context: zero history, zero mask and
+        zero history embedding, the same for every such row (classifier-free guidance). Without a
+        context the network is unconditional and sees the ``H`` forecast steps only (``N = H``).
+
+    Output row ``i`` depends on row ``i`` of ``x``, ``t`` and ``c`` only (GroupNorm is per sample).
+    """
+
+    def __init__(self, horizon: int, past: int, series: int, channels: int = 64, blocks: int = 4,
+                 time_dim: int = 64, T: float = 1.0, context: tuple[str, int] | None = None):
+        super().__init__()
+        from ._utils import SbdiffError
+
+        H, P, d = int(horizon), int(past), int(series)
+        if H < 1 or P < 0 or d < 1 or channels < 1 or blocks < 1:
+            raise SbdiffError(f"WindowNet: invalid settings (horizon={horizon}, past={past}, series={series}, "
+                              f"channels={channels}, blocks={blocks})")
+        if context is not None and (context[0] != "vector" or int(context[1]) != P * d or P == 0):
+            raise SbdiffError(f"WindowNet: the context must be ('vector', past·series) = ('vector', {P * d}), "
+                              f"not {tuple(context)!r}")
+        self.horizon, self.series, self.dim = H, d, H * d
+        self.past = P if context is not None else 0  # the length of history the network sees
+        N = self.past + H
+        cycle = max(1, (N - 1).bit_length())  # dilations 1, 2, …, 2**(cycle − 1) < N
+        self.embed = TimeEmbedding(time_dim, T)
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.inp = _time_conv(d + 1, channels)
+        self.pos = nn.Parameter(0.02 * torch.randn(channels, 1, N))
+        self.blocks = nn.ModuleList(_DilatedResBlock(channels, channels, 2 ** (i % cycle)) for i in range(blocks))
+        self.out = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(), _time_conv(channels, d))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+        self.context = context_embedding(context, channels)
+
+    def forward(self, x: Tensor, t: Tensor | float, c: Tensor | None = None) -> Tensor:
+        t = as_time(t, x)
+        B, H, d, P = x.shape[0], self.horizon, self.series, self.past
+        emb = _with_context(self, self.time_mlp(self.embed(t)), c)  # raises for a c on an unconditional net
+        seq = x.new_zeros(B, 1, P + H, d + 1)  # (B, 1, N, d + 1): values, then the observed mask
+        seq[:, 0, P:, :d] = x.reshape(B, H, d)
+        if c is not None:
+            keep = (~torch.isnan(c).any(1)).to(x.dtype)[:, None, None]
+            seq[:, 0, :P, :d] = torch.nan_to_num(c).to(x.dtype).reshape(B, P, d) * keep
+            seq[:, 0, :P, d] = keep[:, :, 0]
+        h = self.inp(seq.permute(0, 3, 1, 2)) + self.pos  # (B, C, 1, N), channels-last
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h[..., P:]).permute(0, 2, 3, 1).reshape(B, self.dim)
 
 
 def make_ema(module: nn.Module, decay: float) -> AveragedModel:

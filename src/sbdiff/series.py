@@ -39,6 +39,7 @@ __all__ = [
     "SPLIT", "BUILTIN_SERIES", "SERIES_SEASON", "load_series", "split_rows", "check_window",
     "sliding_windows", "training_windows", "evaluation_windows", "flatten_windows", "unflatten_windows",
     "seasonal_naive", "var_forecast", "crps", "crps_sum", "normalized_crps", "coverage", "forecast_scores",
+    "SCALINGS", "window_scale", "GLUONTS_QUANTILES", "weighted_quantile_loss", "gluonts_crps", "gluonts_crps_sum",
 ]
 
 #: Default split in time, as fractions of the rows: rows ``[0, 0.7 T)`` train, ``[0.7 T, 0.85 T)``
@@ -127,7 +128,9 @@ def load_series(spec: str) -> np.ndarray:
     spec : str
         A name in :data:`BUILTIN_SERIES`, or a path to a ``.npy`` file (a 2-D array, rows = time
         steps, columns = variables; a 1-D array is one variable) or a ``.csv`` file (numeric,
-        comma-separated, same layout; a first row of non-numbers is taken as a header and skipped).
+        comma-separated, same layout; a first row of non-numbers is taken as a header and skipped),
+        or a GluonTS-format data set (a folder or ``.tar.gz``, :mod:`sbdiff.gluonts_data`): its
+        training series side by side.
 
     Returns
     -------
@@ -139,10 +142,14 @@ def load_series(spec: str) -> np.ndarray:
         Unknown name or missing file, unknown extension, non-numeric values, NaN or infinite values,
         an array of rank other than 1 or 2, or fewer than 2 rows.
     """
+    from .gluonts_data import is_gluonts, load_gluonts
+
     spec = str(spec)
     if spec in BUILTIN_SERIES:
         return _as_series(BUILTIN_SERIES[spec](), spec)
     path = Path(spec).expanduser()
+    if is_gluonts(path):
+        return _as_series(load_gluonts(path).train, spec)
     suffix = path.suffix.lower()
     if not path.is_file():
         if suffix in (".npy", ".csv") or path.exists():
@@ -256,7 +263,7 @@ def _split_window(windows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.nda
 
 
 def training_windows(series: np.ndarray, window: int, horizon: int,
-                     split: Sequence[float] = SPLIT) -> tuple[np.ndarray, np.ndarray]:
+                     split: Sequence[float] | None = SPLIT) -> tuple[np.ndarray, np.ndarray]:
     """Windows lying entirely in the training rows ``[0, train_end)`` (see :func:`split_rows`).
 
     Parameters
@@ -264,7 +271,8 @@ def training_windows(series: np.ndarray, window: int, horizon: int,
     series : np.ndarray, shape (T, d)
     window, horizon : int
         Window length ``L`` and horizon ``H``, ``1 <= H < L``.
-    split : (float, float)
+    split : (float, float) or None
+        ``None``: every row trains (a data set with its own test part, :mod:`sbdiff.gluonts_data`).
 
     Returns
     -------
@@ -274,7 +282,7 @@ def training_windows(series: np.ndarray, window: int, horizon: int,
     """
     series = _check_series(series)
     check_window(window, horizon, series.shape[0])
-    train_end, _ = split_rows(series.shape[0], split)
+    train_end = series.shape[0] if split is None else split_rows(series.shape[0], split)[0]
     if train_end < window:
         raise SbdiffError(f"no training window: the training segment has {train_end} rows, "
                           f"fewer than the window L = {window} (--window)")
@@ -342,6 +350,41 @@ def unflatten_windows(a: np.ndarray, d: int) -> np.ndarray:
     if not _is_int(d) or d < 1 or a.ndim < 1 or a.shape[-1] % d:
         raise SbdiffError(f"cannot split a last axis of length {a.shape[-1] if a.ndim else 0} into {d!r} variables")
     return a.reshape(*a.shape[:-1], a.shape[-1] // d, d)
+
+
+# ----------------------------------------------------------------------------------------------
+# scaling of windows
+
+#: Scalings of a series run's windows (``cond.scaling``): ``mean`` divides each window, history and
+#: future, by the mean absolute value of each variable over the window's own history (GluonTS's
+#: ``MeanScaler``, as in DeepAR with ``scaling=True`` and TimeGrad), so that a series whose level leaves
+#: the training range still forecasts, and the forecast is multiplied back; ``standard`` keeps the
+#: data's units (the model's own per-coordinate standardisation over the training windows is then the
+#: only, global, scaling).
+SCALINGS = ("mean", "standard")
+
+
+def window_scale(history: np.ndarray, scaling: str) -> np.ndarray:
+    """The scale of each window and variable under ``scaling`` (:data:`SCALINGS`).
+
+    Parameters
+    ----------
+    history : np.ndarray, shape (N, L - H, d)
+    scaling : {"mean", "standard"}
+
+    Returns
+    -------
+    np.ndarray, shape (N, 1, d)
+        ``mean``: ``mean_t |history[n, t, j]|`` (1 where a history is all zero); ``standard``: ones.
+        Windows in model units are ``window / scale``; forecasts in data units ``sample · scale``.
+    """
+    history = _check_history(history)
+    if scaling == "standard":
+        return np.ones((history.shape[0], 1, history.shape[2]))
+    if scaling != "mean":
+        raise SbdiffError(f"unknown series scaling {scaling!r}: expected one of {', '.join(SCALINGS)} (cond.scaling)")
+    scale = np.abs(history).mean(axis=1, keepdims=True)
+    return np.where(scale > 1e-10, scale, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -615,15 +658,75 @@ def forecast_scores(samples: np.ndarray, truth: np.ndarray) -> dict:
     Returns
     -------
     dict
-        ``crps``, ``crps_sum``, ``ncrps``, ``coverage_50``, ``coverage_90`` (floats) and
-        ``n_windows`` (int, ``N``).
+        ``crps``, ``crps_sum``, ``ncrps`` (scoringrules' ensemble CRPS: per entry, of the sum over
+        the variables, normalised), ``gluonts_crps``, ``gluonts_crps_sum`` (the published tables'
+        CRPS and CRPS-sum, GluonTS's weighted quantile loss), ``coverage_50``, ``coverage_90``
+        (floats) and ``n_windows`` (int, ``N``).
     """
     samples, truth = _check_forecast(samples, truth)
     return {
         "crps": crps(samples, truth),
         "crps_sum": crps_sum(samples, truth),
         "ncrps": normalized_crps(samples, truth),
+        "gluonts_crps": gluonts_crps(samples, truth),
+        "gluonts_crps_sum": gluonts_crps_sum(samples, truth),
         "coverage_50": coverage(samples, truth, 0.5),
         "coverage_90": coverage(samples, truth, 0.9),
         "n_windows": int(truth.shape[0]),
     }
+
+
+#: The quantile levels of the published CRPS (TimeGrad's and ScoreGrad's evaluation scripts:
+#: ``MultivariateEvaluator(quantiles=(np.arange(20) / 20.0)[1:])``): 0.05, 0.10, …, 0.95.
+GLUONTS_QUANTILES: tuple[float, ...] = tuple(float(q) for q in np.arange(1, 20) / 20.0)
+
+
+def weighted_quantile_loss(samples: np.ndarray, truth: np.ndarray,
+                           quantiles: Sequence[float] = GLUONTS_QUANTILES) -> float:
+    """GluonTS's ``mean_wQuantileLoss``: the CRPS as the published tables compute it.
+
+    For each level ``q`` the forecast quantile of an entry is GluonTS's sample quantile (the sorted
+    samples' entry ``round((S − 1) q)``, NumPy's round-half-to-even), its quantile loss
+    ``QL_q = 2 Σ |(ŷ_q − y)(1{y ≤ ŷ_q} − q)|`` is summed over every window, step and variable and
+    divided by ``Σ |y|``; the result is the mean over the levels. This approximates the CRPS
+    (``CRPS = ∫ QL_q dq``) normalised by the targets' absolute sum (Gneiting & Raftery 2007, eq. 21;
+    Salinas et al. 2019; Rasul et al. 2021).
+
+    Parameters
+    ----------
+    samples : np.ndarray, shape (N, S, H, d)
+    truth : np.ndarray, shape (N, H, d)
+    quantiles : sequence of float in (0, 1)
+
+    Returns
+    -------
+    float
+        NaN when every target is zero.
+    """
+    samples, truth = _check_forecast(samples, truth)
+    denom = float(np.abs(truth).sum())
+    if denom == 0.0:
+        return float("nan")
+    ordered = np.sort(samples, axis=1)
+    n = ordered.shape[1]
+    losses = []
+    for q in quantiles:
+        f = ordered[:, int(np.round((n - 1) * q))]
+        losses.append(2.0 * float(np.abs((f - truth) * ((truth <= f) - q)).sum()) / denom)
+    return float(np.mean(losses))
+
+
+def gluonts_crps(samples: np.ndarray, truth: np.ndarray) -> float:
+    """The published CRPS: :func:`weighted_quantile_loss` over every entry (``MultivariateEvaluator``'s
+    ``mean_wQuantileLoss``). ``samples (N, S, H, d)``, ``truth (N, H, d)``."""
+    return weighted_quantile_loss(samples, truth)
+
+
+def gluonts_crps_sum(samples: np.ndarray, truth: np.ndarray) -> float:
+    """The published CRPS-sum: :func:`weighted_quantile_loss` of the sum over the variables
+    (``MultivariateEvaluator(target_agg_funcs={"sum": np.sum})``'s ``m_sum_mean_wQuantileLoss``).
+    ``samples (N, S, H, d)``, ``truth (N, H, d)``."""
+    samples, truth = _check_forecast(samples, truth)
+    if truth.ndim < 2:
+        raise SbdiffError(f"gluonts_crps_sum needs a variable axis: got truth of shape {truth.shape}")
+    return weighted_quantile_loss(samples.sum(axis=-1, keepdims=True), truth.sum(axis=-1, keepdims=True))

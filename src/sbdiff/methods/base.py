@@ -14,7 +14,7 @@ from .._utils import SbdiffError
 from ..config import Config
 from ..data import ImageScaling, Standardizer
 from ..model import PathVAE
-from ..nets import TimeMLP, UNet
+from ..nets import TimeMLP, UNet, WindowNet
 from ..objectives import gaussian_kl_estimate
 from ..references import make_reference
 from ..registry import register
@@ -30,13 +30,40 @@ def check_flat(data: np.ndarray) -> int:
     return data.shape[1]
 
 
+#: ``model.net = auto`` takes the window network (:class:`~sbdiff.nets.WindowNet`) for series windows whose
+#: history has at least this many numbers ``(L − H)·d``, the flat MLP below it (``macrodata``'s 8 × 3 = 24,
+#: where the MLP wins: benchmarks/README.md, "Forecasting at the field's scale").
+WINDOW_NET_MIN_CONTEXT = 64
+
+
+def network_kind(config: Config) -> str:
+    """The network ``model.net`` names, ``auto`` resolved: ``unet`` for images, ``window`` for series
+    windows with a history of at least :data:`WINDOW_NET_MIN_CONTEXT` numbers, ``mlp`` otherwise."""
+    m, c = config.model, config.cond
+    if m.net != "auto":
+        return m.net
+    if config.data.shape() is not None:
+        return "unet"
+    if c.window > 0 and c.kind == "vector" and c.size >= WINDOW_NET_MIN_CONTEXT:
+        return "window"
+    return "mlp"
+
+
 def build_network(config: Config, dim: int, T: float) -> torch.nn.Module:
-    """The network chosen by the data's shape (``model.net = auto``): a :class:`~sbdiff.nets.UNet`
-    for images (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.TimeMLP` for
-    vectors. Both map ``(B, dim)`` to ``(B, dim)``; a conditional config (``cond.kind``, DESIGN §4.6)
-    gives them the context's embedding (``forward(x, t, c)``)."""
+    """The network chosen by :func:`network_kind`: a :class:`~sbdiff.nets.UNet` for images
+    (``data.image_shape`` resolved to ``C×H×W``), a :class:`~sbdiff.nets.WindowNet` for series windows
+    (``cond.window = L``, ``cond.horizon = H``: a 1-D CNN over time with the series as channels), a
+    :class:`~sbdiff.nets.TimeMLP` for vectors. All map ``(B, dim)`` to ``(B, dim)``; a conditional
+    config (``cond.kind``, DESIGN §4.6) gives them the context's embedding (``forward(x, t, c)``)."""
     m, shape = config.model, config.data.shape()
-    kind = m.net if m.net != "auto" else ("unet" if shape is not None else "mlp")
+    kind = network_kind(config)
+    if kind == "window":
+        c = config.cond
+        if c.window < 1 or dim % c.horizon:
+            raise SbdiffError(f"model.net = window needs series windows (--window L --horizon H) with H = {c.horizon} "
+                              f"dividing the dimension {dim}")
+        return WindowNet(c.horizon, c.window - c.horizon, dim // c.horizon, m.window_channels, m.window_blocks,
+                         m.time_dim, T, context=c.context())
     if kind == "unet":
         if shape is None:
             raise SbdiffError("model.net = unet needs image data (data.image_shape = CxHxW)")

@@ -35,11 +35,33 @@ Schedules (``dsbm.schedule``):
   every ``cache_refresh`` steps (no gradient through them); the first ``first_steps`` steps train both
   on the iteration-0 coupling.
 
-The caches hold pairs only (``(M, d)`` each); the frozen side is simulated by Euler–Maruyama on the
-uniform grid of ``num_steps`` steps, which is also the SDE grid of ``decode``/``encode``. Modes:
+The caches hold pairs only (``(M, d)`` each; and their contexts in a conditional run); the frozen
+side is simulated by Euler–Maruyama on the uniform grid of ``num_steps`` steps, which is also the SDE
+grid of ``decode``/``encode``. Modes:
 bridge (``data.prior`` a second data set at ``t = T``) and generative (the reference's prior; with
 ``brownian(eps)`` on ``[0, 1]``, ``N(0, eps·I)``): there the probability-flow ODE
 ``dx/dt = f + ½ g (z − ẑ)`` (the mean of the forward and the reversed backward drift) gives ``nll``.
+
+Conditioning (DESIGN §4.6; generative mode only, as for every conditional preset): each data row
+``x`` has its context ``c`` (a label, or a vector such as a series' history window), both networks
+take ``c`` (``z_φ(x, t, c)``, ``ẑ_θ(x, t, c)``), and every pair carries the context it was drawn
+under, stored beside it in the caches (``"c"``, model form, rows aligned with ``x0`` and ``x1``): a
+decoder phase's pairs are data rows ``x0`` with their own contexts and the frozen encoder's ends
+``x1`` simulated under them; an encoder phase's pairs are prior draws ``x1``, a context drawn
+uniformly from the training contexts (:attr:`~sbdiff.methods.Method.context_pool`, with the cache's
+generator, after the prior draws) and the frozen decoder's end ``x0`` simulated under it. The
+regression then runs per context: the IMF argument holds for each ``c``, so the fixed point is the
+SB from ``p_data(· | c)`` to the prior for every ``c``. Iteration 0 takes the *independent*
+coupling (a data row with its context and an independent prior draw): a minibatch OT, entropic or
+LightSB plan between data rows and prior draws would pair a prior point with the data of whichever
+context lies nearest, not with a draw of ``x | c``; an unset ``dsbm.coupling`` resolves to
+``independent`` in a conditional run, and an explicit ``ot``, ``entropic`` or ``lightsb`` is refused
+in one line. Classifier-free guidance: the losses' ``context`` (the trainer's batch contexts with
+rows dropped to the null context with probability ``cond.p_uncond``) is used only for its dropped
+rows: the ``i``-th pair drawn from a cache loses its context where the ``i``-th batch row lost its
+(the mask is independent of the pairs, so each pair is dropped with probability ``p_uncond``), in
+both networks' regressions; the simulations always run under the pairs' real contexts. An
+unconditional run draws exactly what it drew before.
 """
 
 from __future__ import annotations
@@ -53,7 +75,7 @@ import torch
 from torch import Tensor
 
 from .._utils import SbdiffError
-from ..config import Config, Section
+from ..config import Config, Section, set_resolved
 from ..couplings import COUPLINGS, BridgeTimes, bridge_matching_loss, minibatch_coupling
 from ..decoders import NeuralDecoder
 from ..distributed import step_generator
@@ -81,7 +103,7 @@ class DSBMConfig(Section):
     """Settings of ``method = "dsbm"``, the ``[dsbm]`` section (DESIGN §4.5; Shi et al. 2023, Peluchetti 2024)."""
 
     schedule: str = "imf"          # imf (alternating Markovian projections, DSBM) | coupled (both networks in one loop, BM²)
-    coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps) | lightsb (the plan of a LightSB fit)
+    coupling: str = "entropic"     # iteration 0's coupling: independent | ot (exact minibatch OT) | entropic (Sinkhorn, reg 2 eps) | lightsb (the plan of a LightSB fit); conditional runs: independent
     coupling_steps: int = 10000    # lightsb coupling: Adam steps of the mixture fit (its K, covariance, s_init, s_floor: the [lightsb] section)
     iterations: int = 0            # imf: decoder phases (the encoder is fitted between them); 0: as many as the budget holds
     half_steps: int = 2000         # imf: optimiser steps per phase (stretched to fill a budget)
@@ -100,8 +122,12 @@ class DSBM(Alternating):
     """Neural encoder and decoder / bridge matching / alternating Markovian projections (IMF) or coupled."""
 
     settings = DSBMConfig
+    conditional = True
     # Like DSB: a phase's EMA weights become the next phase's simulator, so a short horizon; a 128x2 MLP.
-    defaults = {"train.ema_decay": 0.99, "train.lr": 2e-3, "model.hidden": 128, "model.blocks": 2}
+    # dsbm.coupling is a layer key (its generic default) so that a conditional run's resolution to
+    # "independent" (check) is undone when the config is validated again without a context.
+    defaults = {"train.ema_decay": 0.99, "train.lr": 2e-3, "model.hidden": 128, "model.blocks": 2,
+                "dsbm.coupling": DSBMConfig.coupling}
     # decoder, encoder, decoder phases of 4 steps, caches of 64 pairs refreshed every 2 steps
     smoke = ("[dsbm]\niterations = 2\nhalf_steps = 4\nnum_steps = 4\ncache_size = 64\ncache_refresh = 2\n"
              "lr_final = 1.0\ncoupling = \"ot\"\not_block = 32\n")
@@ -125,6 +151,11 @@ class DSBM(Alternating):
             raise SbdiffError(f"dsbm.time_margin must lie in (0, 0.5), got {d.time_margin}")
         if config.method == cls.name and d.schedule == "coupled" and d.cache_refresh == 0:
             raise SbdiffError("dsbm.schedule = coupled refreshes its caches every dsbm.cache_refresh steps: set it >= 1")
+        conditional = config.cond.requested or config.cond.kind != "none"
+        if config.method == cls.name and conditional:
+            if "coupling" in d.explicit() and d.coupling != "independent":
+                raise SbdiffError(_conditional_coupling_error(d.coupling))
+            set_resolved(d, "coupling", "independent")  # module docstring, "Conditioning"
 
     @classmethod
     def schedule_of(cls, config: Config) -> PhaseSchedule | None:
@@ -163,23 +194,36 @@ class DSBM(Alternating):
         return model
 
     # -- pairs -------------------------------------------------------------------------------------
-    def _data_points(self, model: PathVAE, n: int, gen: torch.Generator) -> Tensor:
+    def _data_points(self, model: PathVAE, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """``n`` data rows drawn with replacement (model coordinates, dequantised) and their contexts
+        (model form; ``None`` in an unconditional run)."""
         device = model.data_mean.device
         idx = torch.randint(0, len(self._data), (n,), generator=gen, device=device)
-        return model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=gen)
+        x = model.dequantize_model(model.to_model(self._data.to(device)[idx]), generator=gen)
+        return x, (None if self.context_pool is None else self.context_pool[idx.to(self.context_pool.device)])
 
-    def _simulate(self, model: PathVAE, part, x: Tensor, forward: bool, gen: torch.Generator) -> Tensor:
+    def _simulate(self, model: PathVAE, part, x: Tensor, forward: bool, gen: torch.Generator,
+                  c: Tensor | None = None) -> Tensor:
         """The end of ``part``'s SDE (an encoder forward from ``x`` at ``t_min``, a decoder backward
-        from ``x`` at ``T``) by Euler–Maruyama on the model's grid, noise in every step."""
+        from ``x`` at ``T``) by Euler–Maruyama on the model's grid, noise in every step; row ``i``
+        under the context ``c[i]`` (model form) when ``c`` is given."""
         ts = model.sde_grid.to(device=x.device, dtype=x.dtype)
-        return euler_maruyama(part.drift, model.reference.g, x, ts if forward else ts.flip(0), generator=gen,
+        drift = part.drift if c is None else (lambda y, t: part.drift(y, t, c))
+        return euler_maruyama(drift, model.reference.g, x, ts if forward else ts.flip(0), generator=gen,
                               noise_last=True)
+
+    @staticmethod
+    def _with_context(pairs: dict[str, Tensor], c: Tensor | None) -> dict[str, Tensor]:
+        return pairs if c is None else {**pairs, "c": c}
 
     def _coupling_pairs(self, model: PathVAE, n: int, gen: torch.Generator) -> dict[str, Tensor]:
         """``n`` pairs of the iteration-0 coupling of the data and the prior (``dsbm.coupling``):
         minibatch couplings of data and prior draws, or (``lightsb``) prior draws ``x1`` with
-        ``x0 ~ π_θ(· | x1)`` of the LightSB fit (:meth:`_lightsb_plan`)."""
+        ``x0 ~ π_θ(· | x1)`` of the LightSB fit (:meth:`_lightsb_plan`). A conditional run: the
+        independent coupling, each pair with its data row's context (module docstring)."""
         s = self.config.dsbm
+        if self.context_pool is not None and s.coupling != "independent":
+            raise SbdiffError(_conditional_coupling_error(s.coupling))
         if s.coupling == "lightsb":
             start = time.perf_counter()
             potential = self._lightsb_plan(model)
@@ -187,13 +231,13 @@ class DSBM(Alternating):
             x0 = potential.sample_plan(x1, gen)
             self._coupling_s = time.perf_counter() - start
             return {"x0": x0, "x1": x1}
-        x0 = self._data_points(model, n, gen)
+        x0, c = self._data_points(model, n, gen)
         x1 = model.prior_model_points(n, generator=gen)
         start = time.perf_counter()
         eps = float(getattr(model.reference, "eps", 1.0))
         j = minibatch_coupling(x0, x1, s.coupling, eps=eps, block=s.ot_block, max_iter=s.sinkhorn_iters, generator=gen)
         self._coupling_s = time.perf_counter() - start
-        return {"x0": x0, "x1": x1[j]}
+        return self._with_context({"x0": x0, "x1": x1[j]}, c)
 
     def _lightsb_plan(self, model: PathVAE) -> MixturePotential:
         """The LightSB fit (DESIGN §4.7) whose plan is iteration 0's coupling: a mixture potential on
@@ -217,18 +261,23 @@ class DSBM(Alternating):
 
     @torch.no_grad()
     def _encoder_pairs(self, model: PathVAE, encoder, n: int, gen: torch.Generator) -> dict[str, Tensor]:
-        """Pairs of the encoder's path law: ``x0`` from the data, ``x1`` its simulated end (the
-        prior-loss monitor is measured on these ends)."""
-        x0 = self._data_points(model, n, gen)
-        x1 = self._simulate(model, encoder, x0, True, gen)
+        """Pairs of the encoder's path law: ``x0`` from the data, ``x1`` its simulated end (under
+        ``x0``'s context in a conditional run; the prior-loss monitor is measured on these ends)."""
+        x0, c = self._data_points(model, n, gen)
+        x1 = self._simulate(model, encoder, x0, True, gen, c)
         self._prior_loss = float(self.prior_kl(model, x1))
-        return {"x0": x0, "x1": x1}
+        return self._with_context({"x0": x0, "x1": x1}, c)
 
     @torch.no_grad()
     def _decoder_pairs(self, model: PathVAE, decoder, n: int, gen: torch.Generator) -> dict[str, Tensor]:
-        """Pairs of the decoder's path law: ``x1`` from the prior, ``x0`` its simulated end."""
+        """Pairs of the decoder's path law: ``x1`` from the prior, ``x0`` its simulated end (in a
+        conditional run under a context drawn from the training contexts, kept with the pair)."""
         x1 = model.prior_model_points(n, generator=gen)
-        return {"x0": self._simulate(model, decoder, x1, False, gen), "x1": x1}
+        c = None
+        if self.context_pool is not None:
+            pool = self.context_pool
+            c = pool[torch.randint(0, len(pool), (n,), generator=gen, device=gen.device).to(pool.device)]
+        return self._with_context({"x0": self._simulate(model, decoder, x1, False, gen, c), "x1": x1}, c)
 
     @torch.no_grad()
     def simulate(self, model: PathVAE, frozen, phase: Phase, generator: torch.Generator) -> dict[str, Tensor]:
@@ -265,29 +314,41 @@ class DSBM(Alternating):
 
     # -- losses ------------------------------------------------------------------------------------
     def _matching(self, model: PathVAE, pairs: dict[str, Tensor], B: int, generator: torch.Generator,
-                  role: str) -> Tensor:
+                  role: str, dropped: Tensor | None = None) -> Tensor:
         """Bridge matching of one network on ``B`` pairs of ``pairs``: the squared residual of its
         control against the bridge's (:func:`sbdiff.couplings.bridge_targets`), summed over
         coordinates, at times drawn by :class:`~sbdiff.couplings.BridgeTimes` with their importance
-        weights (the path KL's uniform time in expectation), mean over the batch."""
+        weights (the path KL's uniform time in expectation), mean over the batch. Pairs with a
+        context (``pairs["c"]``) are regressed under it, the ``i``-th drawn pair's replaced by the
+        null context where ``dropped[i]`` (``(B,)`` bool; classifier-free guidance)."""
         x0, x1 = pairs["x0"], pairs["x1"]
         m = torch.randint(0, len(x0), (B,), generator=generator, device=x0.device)
         net = model.encoder.net if role == "encoder" else model.decoder.net
+        c = pairs.get("c")
+        if c is not None:
+            c = c[m.to(c.device)]
+            if dropped is not None:
+                c = model.drop_context(c, dropped.to(c.device))
+            net = _under(net, c)
         return bridge_matching_loss(net, model.reference, self._times, x0[m], x1[m], role, generator)
 
-    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def losses(self, model: PathVAE, batch: Tensor, generator: torch.Generator,
+               context: Tensor | None = None) -> dict[str, Tensor]:
         """Bridge matching on ``batch.shape[0]`` pairs of the cache (the data batch itself is not
-        used: the cache holds the pairs). ``imf``: the network of the phase; ``coupled``: both."""
+        used: the cache holds the pairs, with their contexts in a conditional run). ``imf``: the
+        network of the phase; ``coupled``: both. ``context``: the batch's contexts as the trainer
+        passes them, of which only the rows dropped to the null context count (module docstring)."""
         B = batch.shape[0]
+        dropped = None if context is None else _null_rows(model, context)
         if self.schedule is None:
             if self.cache is None:
                 raise RuntimeError("dsbm: losses called before begin_step (the training loop draws the cache)")
-            dec = self._matching(model, self.cache["decoder"], B, generator, "decoder")
-            enc = self._matching(model, self.cache["encoder"], B, generator, "encoder")
+            dec = self._matching(model, self.cache["decoder"], B, generator, "decoder", dropped)
+            enc = self._matching(model, self.cache["encoder"], B, generator, "encoder", dropped)
             res = {"loss": dec + enc, "drift_matching": dec.detach(), "encoder_matching": enc.detach()}
         else:
             phase, cache = self._require_cache()
-            loss = self._matching(model, cache, B, generator, phase.role)
+            loss = self._matching(model, cache, B, generator, phase.role, dropped)
             key = "drift_matching" if phase.role == "decoder" else "encoder_matching"
             res = {"loss": loss, key: loss.detach(),
                    "ipf_iteration": torch.tensor(float(phase.iteration), device=loss.device)}
@@ -309,9 +370,9 @@ class DSBM(Alternating):
 
     # -- checkpoint state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The prior-loss monitor; ``coupled``: also the caches and their step (they were simulated by
-        networks that have trained since). ``imf`` redraws its cache from its seed and the frozen
-        side's averaged weights, which the checkpoint holds."""
+        """The prior-loss monitor; ``coupled``: also the caches (with their contexts in a conditional
+        run) and their step (they were simulated by networks that have trained since). ``imf`` redraws
+        its cache from its seed and the frozen side's averaged weights, which the checkpoint holds."""
         state = {"prior_loss": self._prior_loss if self._prior_loss is not None else float("nan")}
         if self.schedule is None and self.cache is not None:
             state["cache"] = {k: dict(v) for k, v in self.cache.items()}
@@ -325,3 +386,20 @@ class DSBM(Alternating):
         if self.schedule is None and "cache" in state:
             self.cache = {k: dict(v) for k, v in state["cache"].items()}
             self._cache_step = int(state["cache_step"])
+
+
+def _conditional_coupling_error(coupling: str) -> str:
+    return (f"dsbm.coupling = {coupling} pairs data rows with prior draws across contexts; a conditional dsbm run "
+            "starts from the independent coupling (leave dsbm.coupling unset or set it to independent)")
+
+
+def _under(net, c: Tensor):
+    """``net(x, t, c)`` as a control of ``(x, t)``: the network under the fixed contexts ``c``."""
+    return lambda x, t: net(x, t, c)
+
+
+def _null_rows(model: PathVAE, c: Tensor) -> Tensor:
+    """``(B,)`` bool: the rows of the model-form contexts ``c`` that are the null context
+    (:meth:`~sbdiff.model.PathVAE.drop_context`: the label ``K`` of ``K`` classes, a row of NaN)."""
+    kind, size = model.context
+    return c == size if kind == "label" else torch.isnan(c).any(1)
