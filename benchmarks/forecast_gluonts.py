@@ -54,6 +54,9 @@ def _variant(spec: str) -> tuple[str, dict[str, str]]:
 
 def _apply(cfg: Config, overrides: dict[str, str]) -> None:
     for key, raw in overrides.items():
+        if key == "eps":  # the reference brownian(eps), as the CLI's --eps
+            cfg.reference = {"kind": "brownian", "eps": float(raw)}
+            continue
         section, name = key.split(".")
         sec = getattr(cfg, section)
         kind = type(getattr(sec, name))

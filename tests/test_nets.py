@@ -179,8 +179,11 @@ def test_window_net_bad_context():
         WindowNet(5, 7, 3, context=("vector", 20))
     with pytest.raises(ValueError, match="context must be"):
         WindowNet(5, 7, 3, context=("label", 21))
+    with pytest.raises(ValueError, match="context must be"):
+        WindowNet(5, 0, 3, context=("vector", 0))
     with pytest.raises(ValueError, match="unconditional"):
         WindowNet(5, 7, 3)(torch.randn(2, 15), 0.5, torch.randn(2, 21))
+    assert WindowNet(5, 0, 3)(torch.randn(2, 15), 0.5).shape == (2, 15)  # no history needed without a context
 
 
 @pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
