@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=4)
     ap.add_argument("--paths", type=int, default=200)
     ap.add_argument("--part", choices=("test", "validation"), default="test", help="the windows scored")
+    ap.add_argument("--scaling", choices=("mean", "standard"), help="cond.scaling (default: the config's)")
     ap.add_argument("--out", default=str(RESULTS / "conditional_forecast.json"))
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -67,12 +68,15 @@ def main() -> None:
             cfg = Config(method=method, seed=seed)
             cfg.data.data = name
             cfg.cond.window, cfg.cond.horizon = L, H
+            if args.scaling:
+                cfg.cond.scaling = args.scaling
             if args.steps is not None:
                 cfg.train.steps = args.steps  # otherwise the series default (config.SERIES_DEFAULTS)
             cfg.train.max_minutes = args.minutes
             t0 = time.monotonic()
             res = fit(cfg.validate(), Path("runs") / f"cond-forecast-{method}-{seed}", progress=False)
-            samples = forecast_samples(res.model, history, args.paths, nfe=cfg.sample.nfe, seed=seed)
+            samples = forecast_samples(res.model, history, args.paths, nfe=cfg.sample.nfe, seed=seed,
+                                       scaling=cfg.cond.scaling)
             row = {"method": method, "seed": seed, "steps": res.steps, "train_s": round(time.monotonic() - t0, 1),
                    **forecast_scores(samples, future)}
             rows.append(row)
@@ -82,7 +86,8 @@ def main() -> None:
                                           "minutes": args.minutes, "steps": args.steps, "part": args.part,
                                           "windows": len(history)}, indent=1) + "\n")
     for method, samples in fans.items():
-        plot_forecast_fans(history, samples, future, RESULTS / f"conditional_forecast_fans_{method}.png",
+        fan = Path(args.out).with_name(f"{Path(args.out).stem}_fans_{method}.png")
+        plot_forecast_fans(history, samples, future, fan,
                            names=["real GDP", "real consumption", "real investment"],
                            title=f"{method} on macrodata {args.part} windows (growth %, L = {L}, H = {H})")
     print(f"{'method':26} {'seed':>4} " + " ".join(f"{k:>11}" for k in KEYS))

@@ -84,7 +84,12 @@ def main() -> None:
     ap.add_argument("--season", type=int, default=5, help="seasonal naive: the season (5 business days)")
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default=str(RESULTS / "forecast_exchange.json"))
+    ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the markdown table of earlier result files "
+                    "(baselines, then each variant's mean ± standard error and its seeds) and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print_markdown([json.loads(Path(f).read_text()) for f in args.markdown])
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     L, H = args.window, args.horizon
@@ -154,6 +159,28 @@ def print_table(rows: list[dict], summary: dict) -> None:
     for name, value in PUBLISHED:
         print(f"{name + ' (published)':44} {value:>16}")
     sys.stdout.flush()
+
+
+def print_markdown(results: list[dict]) -> None:
+    """One markdown table of the rows of several result files (baselines once) and the published rows."""
+    print("| method | seeds | CRPS-sum | CRPS | coverage 50 % | coverage 90 % | steps |")
+    print("|---|---|---|---|---|---|---|")
+    seen = set()
+    for res in results:
+        for r in res["rows"]:
+            if "seed" not in r and r["method"] not in seen:
+                seen.add(r["method"])
+                print(f"| {r['method']} | – | {r['gluonts_crps_sum']:.4f} | {r['gluonts_crps']:.4f} | "
+                      f"{r['coverage_50']:.2f} | {r['coverage_90']:.2f} | – |")
+    for res in results:
+        for spec, s in res["summary"].items():
+            runs = [r for r in res["rows"] if r["method"] == spec]
+            per = " / ".join(f"{r['gluonts_crps_sum']:.4f}" for r in runs)
+            print(f"| {spec}, {res['minutes']:g} min | {s['n']} ({per}) | {s['gluonts_crps_sum']:.4f} ± "
+                  f"{s['gluonts_crps_sum_se']:.4f} | {s['gluonts_crps']:.4f} ± {s['gluonts_crps_se']:.4f} | "
+                  f"{s['coverage_50']:.2f} | {s['coverage_90']:.2f} | {s['steps']:.0f} |")
+    for name, value in PUBLISHED:
+        print(f"| {name}, published | – | {value} | | | | |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +101,21 @@ def assert_train_refused(tmp_path, capsys, method: str, args: list[str], message
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("sbdiff: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def write_gluonts(root: Path, series: np.ndarray, *, windows: int = 3, horizon: int = 5, train_len: int | None = None,
+                  lines: list[dict] | None = None) -> Path:
+    """A GluonTS-format folder of the series ``(T, d)``: train = the first ``train_len`` rows, test =
+    ``windows`` rolling windows of ``horizon`` steps after it (window-major, as GluonTS writes them)."""
+    T, d = series.shape
+    train_len = T - windows * horizon if train_len is None else train_len
+    for part in ("metadata", "train", "test"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+    (root / "metadata" / "metadata.json").write_text(json.dumps({"freq": "B"}))
+    rows = lines if lines is not None else [{"start": "2000-01-03", "target": series[:train_len, j].tolist()}
+                                            for j in range(d)]
+    (root / "train" / "train.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    test = [{"start": "2000-01-03", "target": series[:train_len + (k + 1) * horizon, j].tolist()}
+            for k in range(windows) for j in range(d)]
+    (root / "test" / "test.json").write_text("\n".join(json.dumps(r) for r in test) + "\n")
+    return root

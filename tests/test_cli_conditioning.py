@@ -9,6 +9,8 @@ import pytest
 
 from sbdiff.cli import main
 
+from conftest import write_gluonts
+
 TINY = """
 [model]
 hidden = 32
@@ -107,3 +109,24 @@ def test_bad_conditional_input_is_one_line_and_exit_2(label_run, series_run, fil
     h[5, 1] = np.nan
     np.save(nan, h)
     _fails(["forecast", str(series_run), "--history", str(nan), "--n", "2", "--out", out], capsys, "NaN")
+
+
+def test_gluonts_data_set_trains_scores_its_test_windows_and_draws_fans(files, tmp_path, capsys):
+    """`train --data FOLDER` on a GluonTS-format set (train/, test/ JSON lines) and `eval RUN --data
+    FOLDER`: the data set's own rolling test windows, scored with the published CRPS and CRPS-sum,
+    and a fan chart per window; a horizon that does not match the test windows is one line, exit 2."""
+    rng = np.random.default_rng(1)
+    root = write_gluonts(tmp_path / "toy", 5.0 + 0.1 * rng.standard_normal((90, 2)).cumsum(0), windows=3, horizon=3)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "dsbm", "--eps", "1", "--data", str(root), "--window", "9", "--horizon", "3",
+                 "--config", str(files / "tiny.toml"), "--out", str(run), "--steps", "20", "--quiet"]) == 0
+    res = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--data", str(root), "--json", str(res), "--samples", "20", "--quiet"]) == 0
+    scores = json.loads(res.read_text())
+    assert scores["n_windows"] == 3 and 0 < scores["gluonts_crps_sum"] < 1 and 0 < scores["gluonts_crps"] < 1
+    assert (run / "forecast_fans.png").is_file() and (run / "samples.png").is_file()
+    capsys.readouterr()
+    _fails(["train", "--data", str(root), "--window", "9", "--horizon", "4", "--config", str(files / "tiny.toml"),
+            "--out", str(tmp_path / "bad"), "--steps", "2", "--quiet"], capsys, "does not match the test windows")
+    _fails(["train", "--data", str(tmp_path / "absent.tar.gz"), "--window", "9", "--horizon", "3",
+            "--out", str(tmp_path / "bad2"), "--steps", "2", "--quiet"], capsys, "not found")

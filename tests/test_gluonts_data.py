@@ -3,7 +3,6 @@ published protocol, and one clear error for each kind of bad input."""
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 
@@ -14,25 +13,9 @@ from sbdiff import SbdiffError
 from sbdiff.gluonts_data import is_gluonts, load_gluonts, rolling_test_windows
 from sbdiff.series import load_series
 
+from conftest import write_gluonts
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "exchange_rate_nips.tar.gz"
-
-
-def write_gluonts(root: Path, series: np.ndarray, *, windows: int = 3, horizon: int = 5, train_len: int | None = None,
-                  lines: list[dict] | None = None) -> Path:
-    """A GluonTS-format folder of the series ``(T, d)``: train = the first ``train_len`` rows, test =
-    ``windows`` rolling windows of ``horizon`` steps after it (window-major, as GluonTS writes them)."""
-    T, d = series.shape
-    train_len = T - windows * horizon if train_len is None else train_len
-    for part in ("metadata", "train", "test"):
-        (root / part).mkdir(parents=True, exist_ok=True)
-    (root / "metadata" / "metadata.json").write_text(json.dumps({"freq": "B"}))
-    rows = lines if lines is not None else [{"start": "2000-01-03", "target": series[:train_len, j].tolist()}
-                                            for j in range(d)]
-    (root / "train" / "train.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    test = [{"start": "2000-01-03", "target": series[:train_len + (k + 1) * horizon, j].tolist()}
-            for k in range(windows) for j in range(d)]
-    (root / "test" / "test.json").write_text("\n".join(json.dumps(r) for r in test) + "\n")
-    return root
 
 
 @pytest.fixture

@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint cadence and sampling settings")
     t.add_argument("--cond", nargs="?", const="auto", metavar="LABELS.npy",
                    help="class-conditional: integer labels, one per row of the data (alone: the built-in set's "
-                   "own, e.g. digits); sgm and vsdm")
+                   "own, e.g. digits); sgm, vsdm and dsbm")
     t.add_argument("--window", type=_positive_int, metavar="L",
                    help="series: train on sliding windows of L rows of --data (rows = time steps)")
     t.add_argument("--horizon", type=_positive_int, metavar="H",

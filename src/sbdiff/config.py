@@ -61,7 +61,7 @@ phase_average = false   # presets with phases: each phase averages its network a
 nfe = 500
 ode_solver = "heun"     # euler | heun | dopri5
 
-[cond]                  # conditional generation (DESIGN §4.6; docs/conditioning.md); sgm and vsdm
+[cond]                  # conditional generation (DESIGN §4.6; docs/conditioning.md); sgm, vsdm, dsbm
 labels = "none"         # none | auto (the data's own: digits) | path to integer labels .npy, one per row
 window = 0              # series: train on sliding windows of L rows of data.data (0: not a series)
 horizon = 0             # series: the last H rows of a window are generated, the first L - H are the context
