@@ -76,7 +76,7 @@ def main() -> None:
             t0 = time.monotonic()
             res = fit(cfg.validate(), Path("runs") / f"cond-forecast-{method}-{seed}", progress=False)
             samples = forecast_samples(res.model, history, args.paths, nfe=cfg.sample.nfe, seed=seed,
-                                       scaling=cfg.cond.scaling)
+                                       scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
             row = {"method": method, "seed": seed, "steps": res.steps, "train_s": round(time.monotonic() - t0, 1),
                    **forecast_scores(samples, future)}
             rows.append(row)

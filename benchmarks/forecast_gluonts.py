@@ -120,13 +120,13 @@ def main() -> None:
             res = fit(cfg, run_dir, progress=False)
             train_s = time.monotonic() - t0
             scores, samples = forecast_eval(res.model, history, future, n=args.paths, nfe=cfg.sample.nfe, seed=seed,
-                                            scaling=cfg.cond.scaling)
+                                            scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
             row = {"method": spec, "seed": seed, "steps": res.steps, "train_s": round(train_s, 1),
                    "net": _net(cfg), **scores}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if seed == int(args.seeds.split(",")[0]):
-                plot_forecast_fans(history, samples, future, out.with_name(f"{out.stem}_fans_{spec.split(':')[0]}.png"),
+                plot_forecast_fans(history, samples, future, out.with_name(f"{out.stem}_fans_{_slug(spec)}.png"),
                                    max_windows=5, max_variables=8,
                                    title=f"{spec}, seed {seed}: the {len(history)} test windows (median, 50 %, 90 %)")
     summary = {}
@@ -136,6 +136,11 @@ def main() -> None:
                                "paths": args.paths, "rows": rows, "summary": summary, "published": PUBLISHED,
                                "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
     print_table(rows, summary)
+
+
+def _slug(spec: str) -> str:
+    """A variant as a file-name part: ``sgm:model.net=window`` -> ``sgm_model.net-window``."""
+    return spec.replace(":", "_").replace("=", "-").replace(",", "_")
 
 
 def _net(cfg: Config) -> str:

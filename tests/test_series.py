@@ -327,3 +327,20 @@ def test_conditional_sampler_matches_the_closed_form_ar1_predictive(tmp_path, on
         got_mean, got_var = samples[:, :, h - 1].mean(1), samples[:, :, h - 1].var(1)
         np.testing.assert_array_less(np.abs(got_mean - mean), 0.1 * np.sqrt(var))
         np.testing.assert_array_less(np.abs(got_var / var - 1.0), 0.1)
+
+
+@pytest.mark.parametrize("scaling", ["mean", "standard"])
+@pytest.mark.parametrize("anchor", ["none", "last"])
+def test_scaled_windows_round_trip(scaling, anchor):
+    """Windows in model units and back: ``(y / s − a)`` then ``(y + a) · s`` is the identity; ``mean``
+    divides by the history's mean |value| per series and ``last`` subtracts its last (scaled) row."""
+    from sbdiff.conditioning import scaled_windows, unscaled_forecast
+
+    rng = np.random.default_rng(0)
+    history, future = 5.0 + rng.random((4, 6, 3)), 5.0 + rng.random((4, 2, 3))
+    h, f, s = scaled_windows(history, future, scaling, anchor)
+    np.testing.assert_allclose(unscaled_forecast(f[:, None], h, s, anchor)[:, 0], future, rtol=1e-12)
+    expect_s = np.abs(history).mean(1, keepdims=True) if scaling == "mean" else np.ones((4, 1, 3))
+    np.testing.assert_allclose(s, expect_s)
+    expect_f = future / expect_s - (history[:, -1:] / expect_s if anchor == "last" else 0.0)
+    np.testing.assert_allclose(f, expect_f)

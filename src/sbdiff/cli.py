@@ -210,7 +210,7 @@ def _finish_conditional_run(result, cfg: Config, *, progress: bool) -> None:
         where = "validation windows"
     pick = np.unique(np.linspace(0, len(history) - 1, min(4, len(history))).round().astype(int))
     samples = forecast_samples(model, history[pick], 200, nfe=cfg.sample.nfe, seed=cfg.seed + 1,
-                               scaling=cfg.cond.scaling)
+                               scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
     plot_forecast_fans(history[pick], samples, future[pick], result.run_dir / "samples.png",
                        title=f"{cfg.method} forecasts on {where} (median, 50 % and 90 % bands)")
 
@@ -335,7 +335,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         raise SbdiffError(f"{args.history}: the history has {len(history)} rows, the run needs the last L - H = "
                           f"{L - H}")
     paths = forecast_samples(model, history[None, len(history) - (L - H):], args.n, nfe=args.nfe or cfg.sample.nfe,
-                             seed=args.seed, ode=args.ode, progress=not args.quiet, scaling=cfg.cond.scaling)[0]
+                             seed=args.seed, ode=args.ode, progress=not args.quiet, scaling=cfg.cond.scaling,
+                             anchor=cfg.cond.anchor)[0]
     _save_npy(paths.astype(np.float32), args.out, "--out")
     print(f"forecast: {args.n} paths of {H} steps x {d} variables after {L - H} rows of {args.history} -> {args.out}")
     return 0
@@ -410,8 +411,8 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
             raise SbdiffError(f"{args.data}: the series has {history.shape[2]} variables, the run's has "
                               f"{model.dim // cfg.cond.horizon}")
         res, samples = forecast_eval(model, history, future, n=args.samples or 100, nfe=nfe, seed=args.seed,
-                                     progress=not args.quiet, scaling=cfg.cond.scaling)
-        h_model, f_model, scale = scaled_windows(history, future, cfg.cond.scaling)
+                                     progress=not args.quiet, scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
+        h_model, f_model, scale = scaled_windows(history, future, cfg.cond.scaling, cfg.cond.anchor)
         nll = conditional_nll(model, flatten_windows(f_model), flatten_windows(h_model), seed=args.seed)
         # the density of the scaled future, brought back to data units by the Jacobian of the scaling
         shift = float(np.log(scale).sum(axis=(1, 2)).mean() * cfg.cond.horizon)

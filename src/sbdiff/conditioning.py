@@ -30,7 +30,7 @@ from .config import Config, set_resolved
 from .data import load_data
 
 __all__ = ["LABELED_SETS", "load_labels", "check_labels", "load_training_set", "resolve_context", "series_of",
-           "scaled_windows", "series_test_windows"]
+           "scaled_windows", "unscaled_forecast", "series_test_windows"]
 
 
 def _digit_labels() -> np.ndarray:
@@ -94,13 +94,33 @@ def series_of(config: Config) -> np.ndarray:
     return load_series(config.data.data)
 
 
-def scaled_windows(history: np.ndarray, future: np.ndarray | None, scaling: str):
-    """Windows in the units the model is trained in: ``(history / s, future / s, s)`` with ``s``
-    ``(N, 1, d)`` from :func:`sbdiff.series.window_scale` (``future`` may be ``None``)."""
+def scaled_windows(history: np.ndarray, future: np.ndarray | None, scaling: str, anchor: str = "none"):
+    """Windows in the units the model is trained in: ``(history / s, future / s − a, s)`` with ``s``
+    ``(N, 1, d)`` from :func:`sbdiff.series.window_scale` and the anchor ``a`` (``anchor = "last"``:
+    the scaled history's last row, so that the model generates the change since it; ``"none"``: 0);
+    ``future`` may be ``None``. A forecast ``y`` in model units is ``(y + a) · s`` in data units
+    (:func:`unscaled_forecast`)."""
     from .series import window_scale
 
     scale = window_scale(history, scaling)
-    return history / scale, None if future is None else future / scale, scale
+    history = history / scale
+    if future is None:
+        return history, None, scale
+    return history, future / scale - _anchor(history, anchor), scale
+
+
+def _anchor(history: np.ndarray, anchor: str) -> np.ndarray:
+    if anchor == "last":
+        return history[:, -1:, :]
+    if anchor != "none":
+        raise SbdiffError(f"unknown cond.anchor {anchor!r}: expected none or last")
+    return np.zeros((history.shape[0], 1, history.shape[2]))
+
+
+def unscaled_forecast(paths: np.ndarray, history_model: np.ndarray, scale: np.ndarray, anchor: str) -> np.ndarray:
+    """Paths ``(N, S, H, d)`` in model units back to data units: ``(y + a) · s`` for the scaled histories
+    ``(N, L − H, d)`` and scales ``(N, 1, d)`` of :func:`scaled_windows`."""
+    return (paths + _anchor(history_model, anchor)[:, None]) * scale[:, None]
 
 
 def series_test_windows(config: Config, spec: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +156,7 @@ def load_training_set(config: Config) -> tuple[np.ndarray, np.ndarray | None]:
             series = series_of(config)
         check_window(c.window, c.horizon, len(series))
         history, future = training_windows(series, c.window, c.horizon, split)
-        history, future, _ = scaled_windows(history, future, c.scaling)
+        history, future, _ = scaled_windows(history, future, c.scaling, c.anchor)
         return flatten_windows(future), flatten_windows(history)
     data = load_data(config.data.data, config.data.n_samples, config.seed)
     if c.labels == "none":

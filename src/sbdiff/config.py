@@ -66,6 +66,7 @@ labels = "none"         # none | auto (the data's own: digits) | path to integer
 window = 0              # series: train on sliding windows of L rows of data.data (0: not a series)
 horizon = 0             # series: the last H rows of a window are generated, the first L - H are the context
 scaling = "mean"        # series: mean (each window / the mean |value| of its own history, per series) | standard
+anchor = "none"         # series: none | last (generate the change from the history's last row: random-walk-like series)
 p_uncond = 0.1          # classifier-free guidance: probability of dropping the context in training
 kind = "none"           # resolved when training: none | label | vector
 size = 0                # resolved: number of classes K (labels) or context width (L - H)·d (series)
@@ -199,6 +200,7 @@ class CondConfig(Section):
     window: int = 0
     horizon: int = 0
     scaling: str = "mean"
+    anchor: str = "none"
     p_uncond: float = 0.1
     kind: str = "none"
     size: int = 0
@@ -367,6 +369,8 @@ class Config:
                                   "(a window is L - H observed steps followed by H generated ones)")
         if c.scaling not in ("mean", "standard"):
             raise SbdiffError(f"cond.scaling must be mean or standard, got '{c.scaling}'")
+        if c.anchor not in ("none", "last"):
+            raise SbdiffError(f"cond.anchor must be none or last, got '{c.anchor}'")
         if self.model.net == "window" and c.window < 1:
             raise SbdiffError("model.net = window is the network of series windows: it needs --window L --horizon H")
         if not 0 <= c.p_uncond <= 1:

@@ -288,12 +288,15 @@ def conditional_nll(model: PathVAE, x: np.ndarray, cond, *, seed: int = 0, exact
 
 
 def forecast_samples(model: PathVAE, history: np.ndarray, n: int, *, nfe: int = 500, seed: int = 0,
-                     ode: bool = False, progress: bool = False, scaling: str = "standard") -> np.ndarray:
+                     ode: bool = False, progress: bool = False, scaling: str = "standard",
+                     anchor: str = "none") -> np.ndarray:
     """``n`` sample paths of the next ``H`` steps after each history window (``(W, L − H, d)``, data
     units) from a series model (``cond.window = L``, ``cond.horizon = H``; DESIGN §4.6): returns
     ``(W, n, H, d)`` in data units. ``scaling`` is the run's ``cond.scaling``: with ``mean`` each history
-    is divided by its own scale (:func:`sbdiff.series.window_scale`) and its paths multiplied back."""
-    from .conditioning import scaled_windows
+    is divided by its own scale (:func:`sbdiff.series.window_scale`) and its paths multiplied back;
+    ``anchor`` is ``cond.anchor`` (``last``: the model generates the change since the last history
+    row, which is added back; :func:`sbdiff.conditioning.scaled_windows`)."""
+    from .conditioning import scaled_windows, unscaled_forecast
 
     history, _, scale = scaled_windows(np.asarray(history, dtype=np.float64), None, scaling)
     W, past, d = history.shape
@@ -304,11 +307,12 @@ def forecast_samples(model: PathVAE, history: np.ndarray, n: int, *, nfe: int = 
         z = model.sample_prior(len(chunk), generator=gen)
         draws.append(model.decode(z, cond=ctx[chunk], nfe=nfe, ode=ode, generator=gen, progress=progress).cpu().numpy())
     out = np.concatenate(draws).astype(np.float64)
-    return out.reshape(W, n, model.dim // d, d) * scale[:, None]
+    return unscaled_forecast(out.reshape(W, n, model.dim // d, d), history, scale, anchor)
 
 
 def forecast_eval(model: PathVAE, history: np.ndarray, future: np.ndarray, *, n: int = 100, nfe: int = 500,
-                  seed: int = 0, progress: bool = False, scaling: str = "standard") -> tuple[dict, np.ndarray]:
+                  seed: int = 0, progress: bool = False, scaling: str = "standard",
+                  anchor: str = "none") -> tuple[dict, np.ndarray]:
     """Forecast scores of a series model on windows ``history (N, L − H, d)``, ``future (N, H, d)``
     (data units; :func:`sbdiff.conditioning.series_test_windows`): CRPS per entry, CRPS-sum,
     normalised CRPS, the published tables' CRPS and CRPS-sum (GluonTS's weighted quantile loss) and
@@ -316,5 +320,6 @@ def forecast_eval(model: PathVAE, history: np.ndarray, future: np.ndarray, *, n:
     (:func:`sbdiff.series.forecast_scores`). Returns the scores and the samples ``(N, n, H, d)``."""
     from .series import forecast_scores
 
-    samples = forecast_samples(model, history, n, nfe=nfe, seed=seed, progress=progress, scaling=scaling)
+    samples = forecast_samples(model, history, n, nfe=nfe, seed=seed, progress=progress, scaling=scaling,
+                               anchor=anchor)
     return forecast_scores(samples, future), samples
