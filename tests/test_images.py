@@ -139,7 +139,7 @@ def test_config_resolves_images_and_rejects_bad_keys(tmp_path):
         ({"data": {"dequantize": "uniform"}}, "applies to image data"),
         ({"data": {"levels": 1}}, "data.levels must be 0"),
         ({"model": {"net": "unet"}}, "model.net = unet needs image data"),
-        ({"model": {"net": "cnn"}}, "model.net must be auto, mlp or unet"),
+        ({"model": {"net": "cnn"}}, "model.net must be auto, mlp, unet or window"),
         ({"model": {"unet_mult": "1,x"}}, "model.unet_mult must be comma-separated"),
         ({"model": {"unet_channels": 0}}, "model.unet_channels >= 1"),
         ({"data": {"data": str(tmp_path / "c.npy"), "dequantize": "uniform"}}, "not integer-valued; set data.levels"),
