@@ -408,7 +408,7 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
 
         history, future = series_test_windows(cfg, args.data)
         if history.shape[2] * cfg.cond.horizon != model.dim:
-            raise SbdiffError(f"{args.data}: the series has {history.shape[2]} variables, the run's has "
+            raise SbdiffError(f"{args.data or cfg.data.data}: the series has {history.shape[2]} variables, the run's has "
                               f"{model.dim // cfg.cond.horizon}")
         res, samples = forecast_eval(model, history, future, n=args.samples or 100, nfe=nfe, seed=args.seed,
                                      progress=not args.quiet, scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
