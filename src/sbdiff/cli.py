@@ -388,9 +388,8 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
     ``nll_null`` (the null context) on held-out labelled points. Series: CRPS, CRPS-sum and interval
     coverage on the test windows (:func:`~sbdiff.evaluation.forecast_eval`) and the conditional
     ``nll`` of their futures."""
-    from .conditioning import load_training_set, scaled_windows, series_test_windows
-    from .evaluation import conditional_nll, forecast_eval, label_scores, label_split
-    from .series import flatten_windows
+    from .conditioning import load_training_set, series_test_windows
+    from .evaluation import conditional_nll, forecast_eval, forecast_nll, label_scores, label_split
 
     nfe = args.nfe or cfg.sample.nfe
     if args.data and cfg.cond.kind == "label":
@@ -412,14 +411,8 @@ def _eval_conditional(args: argparse.Namespace, cfg: Config, model) -> int:
                               f"{model.dim // cfg.cond.horizon}")
         res, samples = forecast_eval(model, history, future, n=args.samples or 100, nfe=nfe, seed=args.seed,
                                      progress=not args.quiet, scaling=cfg.cond.scaling, anchor=cfg.cond.anchor)
-        h_model, f_model, scale = scaled_windows(history, future, cfg.cond.scaling, cfg.cond.anchor)
-        nll = conditional_nll(model, flatten_windows(f_model), flatten_windows(h_model), seed=args.seed)
-        # the density of the scaled future, brought back to data units by the Jacobian of the scaling
-        shift = float(np.log(scale).sum(axis=(1, 2)).mean() * cfg.cond.horizon)
-        for key in ("nll", "nll_null"):
-            nll[key] += shift
-            nll[f"{key}_bpd"] = float(model.bits_per_dim(nll[key]))
-        res.update(nll)
+        res.update(forecast_nll(model, history, future, seed=args.seed, scaling=cfg.cond.scaling,
+                                anchor=cfg.cond.anchor))
         fans = Path(args.run) / "forecast_fans.png"
         plot_forecast_fans(history, samples, future, fans, max_windows=8, max_variables=8,
                            title=f"{cfg.method}: forecasts on the {len(history)} test windows (median, 50 % and "

@@ -62,10 +62,6 @@ class GluonTSDataset:
         return steps.pop() if len(steps) == 1 and len(self.test) else None
 
 
-def _member_name(path: str) -> PurePosixPath:
-    return PurePosixPath(path)
-
-
 def _is_json(name: PurePosixPath) -> bool:
     return name.name.endswith((".json", ".json.gz")) and not name.name.startswith(".")
 
@@ -76,14 +72,14 @@ def _files(root: Path) -> dict[str, list[tuple[str, bytes]]]:
     parts: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": [], "metadata": []}
     if root.is_dir():
         for p in sorted(root.rglob("*")):
-            name = _member_name(p.relative_to(root).as_posix())
+            name = PurePosixPath(p.relative_to(root).as_posix())
             if p.is_file() and _is_json(name) and name.parent.name in parts:
                 parts[name.parent.name].append((str(p), p.read_bytes()))
         return parts
     try:
         with tarfile.open(root, "r:*") as tar:
             for m in sorted(tar.getmembers(), key=lambda m: m.name):
-                name = _member_name(m.name)
+                name = PurePosixPath(m.name)
                 if m.isfile() and _is_json(name) and name.parent.name in parts:
                     parts[name.parent.name].append((f"{root}:{m.name}", tar.extractfile(m).read()))
     except (tarfile.TarError, OSError, EOFError) as err:

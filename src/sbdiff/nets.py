@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ._utils import as_time
+from ._utils import SbdiffError, as_time
 
 __all__ = ["TimeEmbedding", "LabelEmbedding", "VectorEmbedding", "context_embedding", "drop_context", "TimeMLP", "UNet",
            "WindowNet", "make_ema", "update_ema"]
@@ -246,8 +246,6 @@ class UNet(nn.Module):
                  res_blocks: int = 1, attention: bool = False, time_dim: int = 64, T: float = 1.0,
                  dropout: float = 0.0, context: tuple[str, int] | None = None):
         super().__init__()
-        from ._utils import SbdiffError
-
         C, H, W = (int(s) for s in image_shape)
         mult = tuple(int(m) for m in channel_mult)
         if min(C, H, W) < 1 or channels < 1 or not mult or min(mult) < 1 or res_blocks < 1:
@@ -396,8 +394,6 @@ class WindowNet(nn.Module):
     def __init__(self, horizon: int, past: int, series: int, channels: int = 64, blocks: int = 4,
                  time_dim: int = 64, T: float = 1.0, context: tuple[str, int] | None = None):
         super().__init__()
-        from ._utils import SbdiffError
-
         H, P, d = int(horizon), int(past), int(series)
         if H < 1 or P < 0 or d < 1 or channels < 1 or blocks < 1:
             raise SbdiffError(f"WindowNet: invalid settings (horizon={horizon}, past={past}, series={series}, "
