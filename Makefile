@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 acceptance: $(STAMP)
-	$(BIN)/python benchmarks/sgm_acceptance.py
+	$(BIN)/python benchmarks/likelihoods.py sgm
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -31,7 +31,7 @@ from sbdiff.config import Config, config_from_dict
 from sbdiff.data import load_data, make_builtin, on_checkerboard
 from sbdiff.train import fit
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def _config(raw: dict, k: int, seed: int) -> Config:

@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--config", help="a config file under every run (e.g. a shorter [vsdm] schedule)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"runs, comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--out", default="runs/vsdm_straightness", help="where the runs go")
-    p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where JSON and plot go")
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"), help="where JSON and plot go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=2000, help="paths and samples per measurement (W2: against as many data points)")
     p.add_argument("--score", metavar="RUNS", help="score the runs of an earlier call (its runs/.../<time> folder) "

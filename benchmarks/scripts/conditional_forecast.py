@@ -34,7 +34,7 @@ from sbdiff.series import (SERIES_SEASON, evaluation_windows, forecast_scores, l
                            var_forecast)
 from sbdiff.train import fit
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 KEYS = ("crps", "crps_sum", "ncrps", "coverage_50", "coverage_90")
 
 

@@ -35,7 +35,7 @@ from sbdiff.config import Config, config_from_dict
 from sbdiff.data import load_data
 from sbdiff.train import fit
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 PUBLISHED_W2 = {"moons": 0.190, "scurve": 0.272, "8gaussians": 0.411}
 
 

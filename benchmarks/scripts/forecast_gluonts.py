@@ -38,7 +38,7 @@ from sbdiff.plots import plot_forecast_fans
 from sbdiff.series import forecast_scores, seasonal_naive, var_forecast
 from sbdiff.train import fit
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 KEYS = ("gluonts_crps_sum", "gluonts_crps", "coverage_50", "coverage_90", "crps")
 #: Published CRPS-sum on exchange_rate_nips (mean ± sd over runs, as the papers report them).
 PUBLISHED = [("Transformer-MAF (Rasul et al. 2021)", "0.005 ± 0.003"), ("TimeGrad (Rasul et al. 2021)", "0.006 ± 0.001"),

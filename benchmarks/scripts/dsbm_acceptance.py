@@ -41,7 +41,7 @@ from sbdiff.config import Config, config_from_dict
 from sbdiff.data import load_data
 from sbdiff.train import fit
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def bridge2d(minutes: float, seed: int, plot: Path | None) -> dict:

@@ -142,7 +142,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     name = args.what if args.what == "checkerboard" else f"{args.problem}{args.dim}"
-    args.out = args.out or str(Path(__file__).parent / "results" / f"sbfbsde_trust_{name}.jsonl")
+    args.out = args.out or str(Path(__file__).resolve().parent.parent / "results" / f"sbfbsde_trust_{name}.jsonl")
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
         (bridge if args.what == "bridge" else checkerboard)(args, Path(args.work))

@@ -159,7 +159,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--half-steps", type=int, default=2000)
     p.add_argument("--extra", default="", help="phases: more [sbfbsde] lines, e.g. 'probes = 4'")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sbfbsde_ipf_floor.jsonl"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "results" / "sbfbsde_ipf_floor.jsonl"))
     args = p.parse_args()
     if args.what == "points" and not args.run:
         p.error("points needs the run directory")

@@ -65,6 +65,17 @@ RUNS = {
                        '[reference]\nkind = "brownian"\neps = 0.5\n'
                        "[sbfbsde]\nhalf_steps = 40\nnum_steps = 8\ncache_size = 256\ncache_refresh = 20\n"
                        "hidden = 32\nblocks = 1\n"),
+    "dsbm": ("dsbm", "moons", "gaussian", 0,
+             "[dsbm]\niterations = 3\nhalf_steps = 60\nnum_steps = 12\ncache_size = 512\ncache_refresh = 25\n"),
+    "dsbm-bridge": ("dsbm", "moons", "8gaussians", 0,
+                    '[reference]\nkind = "brownian"\neps = 1.0\n'
+                    '[dsbm]\ncoupling = "entropic"\niterations = 3\nhalf_steps = 60\nnum_steps = 10\n'
+                    "cache_size = 512\ncache_refresh = 0\n"),
+    "lightsb": ("lightsb", "moons", "8gaussians", 300,
+                '[reference]\nkind = "brownian"\neps = 0.5\n[lightsb]\ncomponents = 8\n'),
+    "lightsb-matching": ("lightsb", "moons", "8gaussians", 200,
+                         '[reference]\nkind = "brownian"\neps = 0.5\n'
+                         '[lightsb]\nobjective = "matching"\ncomponents = 8\n'),
 }
 
 
