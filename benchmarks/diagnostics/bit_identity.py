@@ -1,11 +1,11 @@
 """Bit-identity check of a refactoring: train every preset with step budgets (no wall clock), one
 thread and a fixed seed, and hash the weights each run writes.
 
-    python benchmarks/bit_identity.py --json benchmarks/results/bit_identity_<commit>.json   # record
-    python benchmarks/bit_identity.py --compare benchmarks/results/bit_identity_1424ec3.json  # check
+    python benchmarks/diagnostics/bit_identity.py --json benchmarks/results/bit_identity_<commit>.json   # record
+    python benchmarks/diagnostics/bit_identity.py --compare benchmarks/results/bit_identity_1424ec3.json  # check
 
 Each row is one small run through :func:`sbdiff.fit` (the public API, so the script runs unchanged on
-older commits: ``PYTHONPATH=<checkout>/src python benchmarks/bit_identity.py``). A row's hash is the
+older commits: ``PYTHONPATH=<checkout>/src python benchmarks/diagnostics/bit_identity.py``). A row's hash is the
 SHA-256 of ``model.safetensors`` as written, and ``tensors`` the SHA-256 over its tensors in key
 order (bytes, dtypes and shapes), which does not depend on the file's header layout. ``--compare``
 prints one line per row (``same`` / ``DIFFERENT``) and exits with status 1 when a row differs.

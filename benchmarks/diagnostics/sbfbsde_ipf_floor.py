@@ -1,8 +1,8 @@
 """Issue 26: why sbfbsde's bridge on a draft-recipe pair stops improving after one IPF iteration.
 
-    python benchmarks/sbfbsde_ipf_floor.py population --seed 7
-    python benchmarks/sbfbsde_ipf_floor.py phases --seed 7 --half-steps 2000 --iterations 5
-    python benchmarks/sbfbsde_ipf_floor.py points RUN --seed 7
+    python benchmarks/diagnostics/sbfbsde_ipf_floor.py population --seed 7
+    python benchmarks/diagnostics/sbfbsde_ipf_floor.py phases --seed 7 --half-steps 2000 --iterations 5
+    python benchmarks/diagnostics/sbfbsde_ipf_floor.py points RUN --seed 7
 
 ``population``: IPF without networks. On ``--n`` samples of each side (the same 20 000-point draws the
 acceptance uses, ``benchmarks/sbfbsde_trust.py``, subsampled), the half-bridges of IPF are Sinkhorn's

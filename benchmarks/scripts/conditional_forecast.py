@@ -14,7 +14,7 @@ Scores (``sbdiff.series.forecast_scores``, CRPS by ``scoringrules``): CRPS per e
 the sum over the variables), normalised CRPS (CSDI's convention) and the coverage of the central 50 %
 and 90 % intervals, from 200 sample paths per window.
 
-Run alone (timed):  python benchmarks/conditional_forecast.py [--minutes 3] [--steps N] [--seeds 0,1,2] [--part test]
+Run alone (timed):  python benchmarks/scripts/conditional_forecast.py [--minutes 3] [--steps N] [--seeds 0,1,2] [--part test]
 Writes benchmarks/results/conditional_forecast.json and conditional_forecast_fans.png.
 """
 

@@ -1,8 +1,8 @@
 """Issue 5 acceptance for DSB: the Gaussian bridge, the entropic-OT cell and 2-D generation.
 
-    python benchmarks/dsb_acceptance.py gaussian [--minutes 8] [--dim 5]
-    python benchmarks/dsb_acceptance.py eot [--minutes 10] [--dim 16]
-    python benchmarks/dsb_acceptance.py generate [--minutes 3] [--data moons scurve 8gaussians]
+    python benchmarks/scripts/dsb_acceptance.py gaussian [--minutes 8] [--dim 5]
+    python benchmarks/scripts/dsb_acceptance.py eot [--minutes 10] [--dim 16]
+    python benchmarks/scripts/dsb_acceptance.py generate [--minutes 3] [--data moons scurve 8gaussians]
 
 Every number is measured from samples only (training sees sample files, never a closed form).
 

@@ -1,9 +1,9 @@
 """Issue 24 acceptance for DSBM (bridge matching): the Gaussian bridge and entropic-OT cells, side
 by side with other solvers on the same pair.
 
-    python benchmarks/dsbm_acceptance.py gaussian [--minutes 8] [--dim 5] [--seeds 0 1 2]
-    python benchmarks/dsbm_acceptance.py eot [--minutes 5] [--dim 16] [--solvers dsbm sf2m] [--family draft-recipe]
-    python benchmarks/dsbm_acceptance.py bridge2d [--minutes 3] [--seeds 0]
+    python benchmarks/scripts/dsbm_acceptance.py gaussian [--minutes 8] [--dim 5] [--seeds 0 1 2]
+    python benchmarks/scripts/dsbm_acceptance.py eot [--minutes 5] [--dim 16] [--solvers dsbm sf2m] [--family draft-recipe]
+    python benchmarks/scripts/dsbm_acceptance.py bridge2d [--minutes 3] [--seeds 0]
 
 Every number is measured from samples only (training sees sample files, never a closed form); run
 it alone on the machine (the budgets are wall-clock).

@@ -14,7 +14,7 @@ budget alone (``train.steps = 0``) with every other setting at its default (``co
 ``sgm:cond.scaling=standard``) for the comparisons of the issue.
 
 Run alone (timed):
-    python benchmarks/forecast_gluonts.py --data ../shared/data/exchange_rate_nips.tar.gz \\
+    python benchmarks/scripts/forecast_gluonts.py --data ../shared/data/exchange_rate_nips.tar.gz \\
         [--minutes 4] [--seeds 0,1,2] [--variants sgm,vsdm,dsbm] [--out results/forecast_exchange.json]
 Prints a table of mean ± standard error over the seeds; writes the JSON rows and fan charts.
 """

@@ -1,7 +1,7 @@
 """Where a mixture is the wrong model: lightsb on the 2-D bridge 8 gaussians -> moons and on the
 generative checkerboard, for several numbers of components K, beside dsbm's stored rows (issue 38).
 
-    python benchmarks/lightsb_mixture2d.py [--ks 10 50 200] [--seed 0]
+    python benchmarks/scripts/lightsb_mixture2d.py [--ks 10 50 200] [--seed 0]
 
 * ``bridge``: ``data = moons`` (t = 0), ``prior = 8gaussians`` (t = 1), eps = 1, lightsb's defaults
   (10 000 steps) with ``lightsb.components = K``; the exact W2 and the sliced W2 of 2000 decoded fresh

@@ -1,7 +1,7 @@
 """Check a peer solver against the exact plan of a Gaussian pair before trusting its benchmark rows.
 
-    python benchmarks/peer_gaussian_check.py                    # sf2m, D = 2, eps = 1, 5 minutes
-    python benchmarks/peer_gaussian_check.py --minutes 2 --json benchmarks/results/peer_gaussian_check.json
+    python benchmarks/scripts/peer_gaussian_check.py                    # sf2m, D = 2, eps = 1, 5 minutes
+    python benchmarks/scripts/peer_gaussian_check.py --minutes 2 --json benchmarks/results/peer_gaussian_check.json
 
 The pair is :func:`sbdiff.bench.gaussian.random_gaussian_bridge` (closed-form SB, DESIGN §6.1),
 trained on 50 000 unpaired samples of each side exactly as in ``sbdiff bench`` (the same arrays and

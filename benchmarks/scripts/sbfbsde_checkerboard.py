@@ -23,7 +23,7 @@ NLL reported beside SGM's. ``--methods`` also takes ``dsbm`` (issue 24: bridge m
 mode, its preset's defaults; acceptance >= 90 % on the dark squares, ``nll`` within 0.1 nats of SGM's).
 Usage::
 
-    python benchmarks/sbfbsde_checkerboard.py [--minutes 6] [--methods sbfbsde,sgm,dsbm] [--dsbm-net preset|sgm] [--lr 2e-3]
+    python benchmarks/scripts/sbfbsde_checkerboard.py [--minutes 6] [--methods sbfbsde,sgm,dsbm] [--dsbm-net preset|sgm] [--lr 2e-3]
         [--weighting auto] [--n-eval 2000] [--out runs/sbfbsde-checkerboard]
 
 Run it alone on the machine (budgets are wall-clock). Prints a table; writes ``results.json``.

@@ -1,8 +1,8 @@
 """Issue 26 acceptance: sbfbsde as a new user runs it, through the command line, on pairs no one tuned for.
 
-    python benchmarks/sbfbsde_trust.py bridge --problem eot --dim 16 --seeds 7 --methods sbfbsde dsb --minutes 10
-    python benchmarks/sbfbsde_trust.py bridge --problem gaussian --dim 5 --seeds 11 12 13 14 15 --minutes 8
-    python benchmarks/sbfbsde_trust.py checkerboard --seeds 0 1 2 --methods sbfbsde sgm --minutes 6
+    python benchmarks/scripts/sbfbsde_trust.py bridge --problem eot --dim 16 --seeds 7 --methods sbfbsde dsb --minutes 10
+    python benchmarks/scripts/sbfbsde_trust.py bridge --problem gaussian --dim 5 --seeds 11 12 13 14 15 --minutes 8
+    python benchmarks/scripts/sbfbsde_trust.py checkerboard --seeds 0 1 2 --methods sbfbsde sgm --minutes 6
 
 ``bridge``: a pair (``eot``: the entropic-OT benchmark's draft-recipe family, eps = 1,
 :func:`sbdiff.bench.eot.make_pair`; ``gaussian``: ``random_gaussian_bridge(dim, 1, seed)``), 20 000

@@ -4,7 +4,7 @@
    then ``sbdiff eval --json``; compare ``nll`` with the exact cross-entropy on the same points.
 2. A checkerboard ``.npy`` (5 minutes): the share of 5000 samples on the dark squares.
 
-Usage: ``python benchmarks/sgm_acceptance.py [--minutes-gauss 4] [--minutes-checker 5] [--out DIR]``.
+Usage: ``python benchmarks/scripts/sgm_acceptance.py [--minutes-gauss 4] [--minutes-checker 5] [--out DIR]``.
 Prints a table; run it alone on the machine (time budgets are wall-clock).
 """
 

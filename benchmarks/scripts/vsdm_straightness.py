@@ -24,7 +24,7 @@ only enters the update, so this is SGM with the prior ``N(0, Σ_T)``); ``vsdm_ze
 Prints markdown tables; writes ``vsdm_straightness.json`` and ``vsdm_straightness_paths.png`` (the
 runs' PF-ODE paths side by side) to ``--results`` (default ``benchmarks/results``), the runs to ``--out``.
 
-Usage: ``python benchmarks/vsdm_straightness.py --minutes 5`` (alone on the machine: the budgets are
+Usage: ``python benchmarks/scripts/vsdm_straightness.py --minutes 5`` (alone on the machine: the budgets are
 wall-clock); ``--score runs/vsdm_straightness/<time>`` scores the runs of an earlier call again.
 Targets (issue 15): VSDM's tortuosity at most 0.8× SGM's (100 steps), with at least 85 %
 of its samples on the dark squares.
