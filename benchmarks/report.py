@@ -402,9 +402,13 @@ def scale_body() -> list[str]:
     out = [f"Training and sampling rates as ratios to one process measured in the same run (torch {d['torch']}; "
            f"{d['cpu_count']} cores; GPU: {d.get('gpu') or 'none lent'}). DDP's equivalence with one process is "
            "tested in `tests/test_distributed.py`.", ""]
-    keys = [k for k in d["rows"][0] if k not in ("data",)]
-    out += table(["data", *keys], [[r["data"], *(f(r[k], 2) if isinstance(r[k], float) else r[k] for k in keys)]
-                                   for r in d["rows"]])
+    rows = [[f"{r['data']} ({r['network']['net']} {r['network']['size']}, batch {r['batch_size']})", r["row"],
+             f"{r['train_samples_per_s']:.0f}", f"{r['train_ratio']:.2f}", f"{r['sampling_samples_per_s']:.0f}",
+             f"{r['sampling_ratio']:.2f}", f"{r['first_log_s']:.1f}"] for r in d["rows"]]
+    out += table(["data", "row", "train samples/s", "ratio", "sampling samples/s", "ratio", "start-up to first log s"],
+                 rows)
+    out += ["", "On a CPU one process already uses every core through intra-op threads, so two gloo ranks add "
+            "communication without compute: DDP here is for checking and for many-core or many-GPU machines."]
     return out
 
 

@@ -7,13 +7,15 @@
    on the checkerboard, interleaved over ``--rounds`` rounds: ms per step, and the share of the
    training time spent writing checkpoints (timed inside the same run, so robust to machine load).
 
-Usage: ``python benchmarks/checkpoint_overhead.py [--steps 400] [--rounds 3] [--out DIR]``.
+Usage: ``python benchmarks/scripts/checkpoint_overhead.py [--steps 400] [--rounds 3] [--out DIR] [--json PATH]``
+(``--json``: also write the numbers to PATH).
 Run it alone on the machine: the throughput numbers are wall-clock.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -97,6 +99,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--every", type=int, nargs="+", default=[0, 1000, 100, 10])
     p.add_argument("--out", help="directory for the runs (default: a temporary one)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
@@ -109,6 +112,17 @@ def main() -> None:
         print("| checkpoint_every | ms/step | share of training time in checkpoint writes |\n|---|---|---|")
         for k, (v, f) in ms.items():
             print(f"| {k or 'end only'} | {v:.2f} | {100 * f:.2f} % |")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "args": vars(args),
+            "checkpoint": {"parameters": c["params"], "size_mib": c["bytes"] / 2**20, "write_ms": c["write_ms"],
+                           "read_ms": c["read_ms"]},
+            "rows": [{"checkpoint_every": k, "ms_per_step": v, "share_in_writes": f} for k, (v, f) in ms.items()]},
+            indent=1) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 """Training cost of each method preset beside SGM: same network, same data, same machine, one after another.
 
-    python benchmarks/preset_cost.py                          # d = 16, 60 s per method, MLP 128×2
-    python benchmarks/preset_cost.py --seconds 300 --json     # also write benchmarks/results/preset_cost_d16_300s.json
-    python benchmarks/preset_cost.py --methods sgm,dsb --hidden 64 --blocks 1
+    python benchmarks/scripts/preset_cost.py                        # d = 16, 60 s per method, MLP 128×2
+    python benchmarks/scripts/preset_cost.py --seconds 300 --json   # also write benchmarks/results/preset_cost_d16_300s.json
+    python benchmarks/scripts/preset_cost.py --methods sgm,dsb --hidden 64 --blocks 1
+    python benchmarks/scripts/preset_cost.py --methods lightsb,dsbm --seconds 5 --json /tmp/pc.json
 
 The problem is the EOT pair ``sbdiff.bench.eot.make_pair(dim, 1.0, family="rotated")`` (the family of
 the recorded results), trained exactly as the bench harness does (``sbdiff.bench.runner._train``,
 called here): ``sgm`` and ``vsdm`` on target samples
-with their Gaussian prior, ``dsb``, ``sbfbsde`` and ``dsbm`` as bridges from the source samples (reference
-``brownian(1.0)``, ``data.normalize = false``). Every method gets the same network (overrides
+with their Gaussian prior, ``dsb``, ``sbfbsde``, ``dsbm`` and ``lightsb`` as bridges from the source samples
+(reference ``brownian(1.0)``, ``data.normalize = false``). ``lightsb`` has no network: its parameters are
+its two Gaussian mixture potentials (``lightsb.components`` K = 50, ``K (2d + 1)`` each, decoder and
+encoder), fitted by Adam on the closed-form KL in one phase, with its own recipe (no EMA, warm-up or
+clipping, ``train.lr`` from eps). Every other method gets the same network (overrides
 ``model.hidden/blocks``, default 128 × 2, the width DSB and SB-FBSDE resolve by default, and
-``sbfbsde.hidden = 0``; the child refuses a run whose resolved width differs), batch, seed and wall-clock budget
-(``--seconds``, training only), phases of ``--phase-steps`` (1000) steps for DSB and SB-FBSDE
+``sbfbsde.hidden = 0``; the child refuses a run whose resolved width differs); every method the same
+batch, seed and wall-clock budget (``--seconds``, training only), phases of ``--phase-steps`` (1000) steps for DSB and SB-FBSDE
 so that a short budget covers decoder and encoder half-bridges (SB-FBSDE's first phase is its DSM
 warm start, SGM's objective), torch's default thread count, a log line every ``--log-every`` steps
 and no periodic checkpoints (the phase-end checkpoints of DSB / SB-FBSDE are written, as in any
@@ -20,8 +24,10 @@ run with a run directory: part of their cost). Each method trains alone in a fre
 
 Columns:
 
-* ``params``: parameters of the trained model (all its networks: DSB and SB-FBSDE train two);
-* ``steps``: optimiser steps done within the budget; ``phases``: half-bridges entered (alternating methods);
+* ``params``: parameters of the trained model (all its networks: DSB and SB-FBSDE train two; LightSB:
+  its two mixture potentials);
+* ``steps``: optimiser steps done within the budget; ``phases``: half-bridges entered (alternating methods;
+  1 for the others);
 * ``s/step``: steady-state seconds per optimiser step, from ``metrics.jsonl`` between the first and
   the last logged step (start-up and the first ``log_every`` steps excluded; cache simulations,
   encoder updates and the trainer's prior-loss monitor at log steps included); ``samples/s`` is
@@ -49,10 +55,11 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("sgm", "dsb", "vsdm", "sbfbsde", "dsbm")
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+METHODS = ("sgm", "dsb", "vsdm", "sbfbsde", "dsbm", "lightsb")
 
 
 def _rss_mib() -> float:
@@ -104,7 +111,7 @@ def child(a: argparse.Namespace) -> dict:
                           n_train=a.n_train, progress=False, overrides=overrides, run_dir=run)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     m = obj.config.model
-    if (m.hidden, m.blocks) != (a.hidden, a.blocks):  # a method default replaced a value left at the generic one
+    if a.child != "lightsb" and (m.hidden, m.blocks) != (a.hidden, a.blocks):  # lightsb: no network  # a method default replaced a value left at the generic one
         raise SystemExit(f"{a.child} resolved the network to {m.hidden}×{m.blocks}, not {a.hidden}×{a.blocks}: "
                          "choose a width other than the generic default 256×3")
     if not rows:
@@ -188,7 +195,7 @@ def main() -> None:
     if a.json is not None:
         path = Path(a.json) if a.json else RESULTS / f"preset_cost_d{a.dim}_{a.seconds:g}s.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k not in ("json", "child")},
+        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "args": {k: v for k, v in vars(a).items() if k not in ("json", "child")},
                                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                                     "rows": rows}, indent=1))
         print(f"wrote {path}")
