@@ -42,8 +42,8 @@ def _solve(x0: Tensor, x1: Tensor, kind: str, eps: float, max_iter: int) -> tupl
     column minima. The shift leaves the entropic plan unchanged (it is absorbed by the dual
     potentials) and puts a 1 in every row and column of the Gibbs kernel, so no row underflows; in
     float64 it agreed with POT's log-domain solver to ``|ΔP|₁ ≤ 3e-3`` on 512 × 512 blocks at
-    ``D ≤ 64``, ``eps ∈ {0.1, 1, 10}`` of the rotated pairs, 6–130× faster (benchmarks/README.md,
-    issue 24). Where it fails (a non-finite plan, or marginals off by more than 1 % in total
+    ``D ≤ 64``, ``eps ∈ {0.1, 1, 10}`` of the rotated pairs, 6–130× faster (commit 4dbd558;
+    tests/test_dsbm.py). Where it fails (a non-finite plan, or marginals off by more than 1 % in total
     variation after ``max_iter`` iterations: ``2·eps`` tiny against the cost), the plan is the exact
     one (``ot.emd``), the entropic plan's limit as ``2·eps``/cost → 0. On draft-recipe pairs at
     eps = 0.1 (512 × 512 blocks, shifted costs up to 200 at D = 16 and 700 at D = 64) no Sinkhorn of
