@@ -44,7 +44,7 @@ def run(files):
 
 
 def test_run_directory_contract(run):
-    for name in ("config.toml", "model.safetensors", "metrics.jsonl", "samples.png", "trajectories.png"):
+    for name in ("config.toml", "model.safetensors", "metrics.jsonl", "samples.png", "trajectories.png", "curves.png"):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [20, 40, 60]
@@ -182,7 +182,7 @@ def test_demo_writes_plots_metrics_and_one_summary_line(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(cli, "demo_config", tiny)
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
-    for name in ("samples.png", "trajectories.png", "metrics.json", "config.toml", "model.safetensors"):
+    for name in ("samples.png", "trajectories.png", "curves.png", "metrics.json", "config.toml", "model.safetensors"):
         assert (tmp_path / "demo" / name).is_file(), name
     res = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert {"nll", "nelbo", "w2", "on_checkerboard", "train_steps", "total_seconds"} <= set(res)

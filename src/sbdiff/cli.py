@@ -1,7 +1,9 @@
-"""The ``sbdiff`` command (DESIGN §8): demo, train, sample, decode, encode, eval, bench.
+"""The ``sbdiff`` command (DESIGN §8): demo, train, plot, sample, decode, encode, eval, bench.
 
 Errors in the input (data, config, arguments, run directories) end the command with exit status 2
-and one line ``sbdiff: error: ...`` on stderr.
+and one line ``sbdiff: error: ...`` on stderr. ``train`` and ``demo`` draw the training curves
+(``curves.png``, :func:`sbdiff.plots.plot_curves`) when training ends, a signal's stop included;
+``plot RUN`` redraws a run's plots from its files (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def build_train_config(args: argparse.Namespace, resume: Path | None = None) -> 
                               ("p_uncond", args.p_uncond)) if v is not None}
     if cond:
         overrides["cond"] = cond
+    if args.tensorboard:
+        overrides["log"] = {"tensorboard": True}
     return config_from_dict(overrides, cfg).validate()
 
 
@@ -131,12 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         writer = writes_files()
     except TrainingInterrupted as err:  # checkpoint written: 128 + signal number, as the shell reports a kill
         if writes_files():
+            _plot_curves(err.run_dir)
             print(f"sbdiff: {err}", file=sys.stderr)
         return 128 + err.signum
     finally:
         shutdown()
     if not writer:
         return 0
+    _plot_curves(out)
     _finish_run(result, cfg, progress=not args.quiet)
     print(f"trained {cfg.method} on {cfg.data.data}: {result.steps} steps in {result.seconds:.0f}s "
           f"(stopped by {result.stopped_by}), loss {result.last.get('loss', float('nan')):.4f} -> {out}")
@@ -145,9 +151,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _image_range(model) -> tuple[float, float]:
     """Data-unit range ``[0, top]`` that model coordinates ``[−1, 1]`` map to (image runs)."""
-    lo = float(model.to_data(torch.full((1, model.dim), -1.0, device=model.data_mean.device))[0, 0])
-    hi = float(model.to_data(torch.full((1, model.dim), 1.0, device=model.data_mean.device))[0, 0])
-    return lo, hi
+    from .monitoring import image_range
+
+    return image_range(model)
+
+
+def _plot_curves(run_dir: Path, *, strict: bool = False) -> Path | None:
+    """``run_dir/curves.png`` from its ``metrics.jsonl`` (:func:`sbdiff.plots.plot_curves`). After
+    training (``strict`` false) a failure is one warning line, never the command's end."""
+    from .plots import plot_curves
+
+    try:
+        return plot_curves(run_dir)
+    except SbdiffError as err:
+        if strict:
+            raise
+        print(f"sbdiff: warning: no training curves: {err}", file=sys.stderr)
+        return None
 
 
 def _finish_image_run(result, cfg: Config, *, progress: bool, n_grid: int = 100) -> np.ndarray:
@@ -220,7 +240,7 @@ def _finish_run(result, cfg: Config, *, progress: bool, n_plot: int = 2000) -> n
     for a conditional run, :func:`_finish_conditional_run`)."""
     from .plots import plot_samples, plot_trajectories
 
-    model = result.model
+    model = result.model  # (result: anything with .model and .run_dir, e.g. a model loaded by `sbdiff plot`)
     if model.conditional:
         return _finish_conditional_run(result, cfg, progress=progress)
     if model.image_shape is not None:
@@ -440,12 +460,19 @@ def demo_config(quick: bool) -> tuple[Config, int, int]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .train import fit
+    from .train import TrainingInterrupted, fit
 
     start = time.monotonic()
     cfg, n_nll, n_samples = demo_config(args.quick)
+    cfg.log.tensorboard = args.tensorboard
     out = Path(args.out) if args.out else _default_out("demo")
-    result = fit(cfg, out, progress=not args.quiet)
+    try:
+        result = fit(cfg, out, progress=not args.quiet)
+    except TrainingInterrupted as err:
+        _plot_curves(err.run_dir)
+        print(f"sbdiff: {err}", file=sys.stderr)
+        return 128 + err.signum
+    _plot_curves(out)
     samples = _finish_run(result, cfg, progress=not args.quiet, n_plot=n_samples)
     data = load_data(cfg.data.data, 5000, cfg.seed + 1)
     metrics = evaluate(result.model, data, n_nll=n_nll, samples=samples)
@@ -456,7 +483,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _write_json(metrics, out / "metrics.json")
     print(f"demo: sgm on checkerboard, {result.steps} steps, NLL {metrics['nll']:.3f} nats, "
           f"W2 {metrics['w2']:.3f}, {100 * metrics['on_checkerboard']:.1f}% on dark squares, "
-          f"{metrics['total_seconds']:.0f}s -> {out}/samples.png, trajectories.png, metrics.json")
+          f"{metrics['total_seconds']:.0f}s -> {out}/samples.png, trajectories.png, curves.png, metrics.json")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``sbdiff plot RUN``: redraw a run's plots from its files: ``curves.png`` from ``metrics.jsonl``
+    always (a killed run too), and the sample plots of ``train`` (``samples.png``, and
+    ``trajectories.png`` for an unconditional run) from the EMA weights of ``model.safetensors`` or,
+    when that is missing or older, ``checkpoint.safetensors``."""
+    from .checkpoint import CHECKPOINT_FILE
+    from .train import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_run
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise SbdiffError(f"{run} is not a directory")
+    if not (run / METRICS_FILE).is_file():
+        raise SbdiffError(f"{run} has no {METRICS_FILE}: not a run directory, or a run killed before it began")
+    written = [_plot_curves(run, strict=True).name]
+    weights, ckpt = run / WEIGHTS_FILE, run / CHECKPOINT_FILE
+    if args.curves_only:
+        pass
+    elif not (run / CONFIG_FILE).is_file() or not (weights.is_file() or ckpt.is_file()):
+        print(f"plot: {run} has no weights and no checkpoint: curves only", file=sys.stderr)
+    else:
+        from types import SimpleNamespace
+
+        from_ckpt = ckpt.is_file() and (not weights.is_file() or ckpt.stat().st_mtime > weights.stat().st_mtime)
+        cfg, model = load_run(run, checkpoint=from_ckpt)
+        _finish_run(SimpleNamespace(model=model, run_dir=run), cfg, progress=not args.quiet)
+        written += ["samples.png"] + ([] if model.conditional else ["trajectories.png"])
+        written[-1] += f" (EMA weights of {ckpt.name if from_ckpt else weights.name})"
+    print(f"plot: {', '.join(written)} -> {run}")
     return 0
 
 
@@ -524,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train the embedded default (SGM on checkerboard) and plot it")
     d.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")
     d.add_argument("--quick", action="store_true", help="small network, short run (< 2 minutes on 2 cores)")
+    d.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events into the run directory "
+                   "(pip install 'sbdiff[tensorboard]')")
     common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -553,8 +613,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="series: generate the last H rows of a window given the first L - H")
     t.add_argument("--p-uncond", type=_nonneg_float, help="probability of dropping the context in training "
                    "(classifier-free guidance; default 0.1)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write every metrics.jsonl row and, at checkpoints, a sample plot as TensorBoard events "
+                   "in the run directory (tensorboard --logdir runs/; config [log] tensorboard = true; "
+                   "pip install 'sbdiff[tensorboard]')")
     common(t)
     t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plot", help="redraw a run's plots from its files (curves.png; samples with weights)")
+    pl.add_argument("run", help="run directory (a killed run too: curves from metrics.jsonl, samples from the "
+                    "checkpoint)")
+    pl.add_argument("--curves-only", action="store_true", help="curves.png only (no sampling)")
+    common(pl)
+    pl.set_defaults(func=cmd_plot)
 
     for name, helptext, func in (
         ("sample", "draw samples from a trained run", cmd_sample),

@@ -70,6 +70,10 @@ anchor = "none"         # series: none | last (generate the change from the hist
 p_uncond = 0.1          # classifier-free guidance: probability of dropping the context in training
 kind = "none"           # resolved when training: none | label | vector
 size = 0                # resolved: number of classes K (labels) or context width (L - H)·d (series)
+
+[log]                   # watching a run (docs/monitoring.md); free to change at a resume
+tensorboard = false     # also write metrics.jsonl's rows and, at checkpoints, a sample plot as TensorBoard
+                        # events in the run directory (needs: pip install 'sbdiff[tensorboard]')
 ```
 """
 
@@ -89,7 +93,7 @@ from .references import make_reference
 from .registry import REGISTRY, method_class
 
 __all__ = ["Config", "Section", "DataConfig", "ModelConfig", "TrainConfig", "SampleConfig", "CondConfig",
-           "IMAGE_DEFAULTS",
+           "LogConfig", "IMAGE_DEFAULTS",
            "preset_sections", "set_resolved", "load_config", "save_config"]
 
 
@@ -215,9 +219,26 @@ class CondConfig(Section):
         return None if self.kind == "none" else (self.kind, self.size)
 
 
+@dataclass
+class LogConfig(Section):
+    """How a run can be watched while it trains (never what it computes: every key may change at a
+    resume, :data:`sbdiff.train.FREE_KEYS`).
+
+    Attributes
+    ----------
+    tensorboard : bool
+        Write every ``metrics.jsonl`` row (each numeric key a scalar, tagged by the key, at the row's
+        ``step``) and, at each checkpoint, a plot of samples of the EMA model as TensorBoard events in
+        the run directory (:mod:`sbdiff.monitoring`; ``tensorboard --logdir runs/``). Needs the
+        optional ``tensorboard`` package (``pip install 'sbdiff[tensorboard]'``).
+    """
+
+    tensorboard: bool = False
+
+
 #: The sections every config has; each registered preset adds its own (``preset_sections``).
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
-             "cond": CondConfig}
+             "cond": CondConfig, "log": LogConfig}
 
 
 def preset_sections() -> dict[str, type]:
@@ -240,6 +261,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     cond: CondConfig = field(default_factory=CondConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
         object.__setattr__(self, "_presets", {})
@@ -403,7 +425,7 @@ BRIDGE_DEFAULTS = {"data.normalize": False}
 #: Defaults of a series run (``cond.window > 0``). A forecaster trained on a short series sees few
 #: windows (``macrodata``: 130), and a diffusion model trained long memorises them: its forecasts then
 #: collapse onto training futures and their intervals cover too little. 500 steps is the budget chosen
-#: on ``macrodata``'s validation windows (benchmarks/README.md, "Conditional generation (issue 25)":
+#: on ``macrodata``'s validation windows (docs/conditioning.md, "Training length of a series run":
 #: validation CRPS 0.74–0.76 and 90 % coverage 0.97 at 500 steps; 0.91 and 0.41 at 2000; 0.95–0.98
 #: and 0.30–0.34 on the test windows after 3 minutes, ~4500 steps). A longer series can take more:
 #: set ``train.steps`` and compare the validation scores.

@@ -1,8 +1,11 @@
-"""Plots written into run directories: samples against data, probability-flow trajectories, and
-image grids (samples of image runs, and their paths from noise to data)."""
+"""Plots written into run directories: samples against data, probability-flow trajectories, image
+grids (samples of image runs, and their paths from noise to data) and the training curves of
+``metrics.jsonl`` (:func:`plot_curves`, drawn per phase for the alternating presets)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,8 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_samples", "plot_trajectories", "plot_path_comparison", "image_grid", "save_image_grid",
-           "plot_image_paths"]
+from ._utils import SbdiffError  # noqa: E402
+
+__all__ = ["plot_samples", "samples_figure", "plot_trajectories", "plot_path_comparison", "image_grid",
+           "save_image_grid", "plot_image_paths", "read_metrics", "phase_boundaries", "plot_curves",
+           "CURVES_FILE"]
+
+#: The training curves' file in a run directory (:func:`plot_curves`).
+CURVES_FILE = "curves.png"
 
 
 def _lims(*arrays: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -23,7 +32,28 @@ def _lims(*arrays: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]
 
 
 def plot_samples(samples: np.ndarray, data: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Side-by-side scatter of data and model samples (first two coordinates; histogram if d = 1)."""
+    """Side-by-side scatter of data and model samples (first two coordinates; histogram if d = 1),
+    written to ``path`` (:func:`samples_figure`)."""
+    fig = samples_figure(samples, data, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def samples_figure(samples: np.ndarray, data: np.ndarray, title: str = ""):
+    """The figure of :func:`plot_samples`, returned open (e.g. for TensorBoard's ``add_figure``, which
+    closes it).
+
+    Parameters
+    ----------
+    samples, data : np.ndarray, shape (N, d) and (M, d)
+        Model samples and data points, data coordinates.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
     for ax, pts, name in zip(axes, (data, samples), ("data", "samples")):
         if pts.shape[1] == 1:
@@ -38,8 +68,7 @@ def plot_samples(samples: np.ndarray, data: np.ndarray, path: str | Path, title:
         axes[0].set_ylim(*yl)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def plot_trajectories(traj: np.ndarray, path: str | Path, title: str = "", n_paths: int = 200) -> None:
@@ -246,3 +275,165 @@ def plot_class_grid(images_by_class: np.ndarray, path: str | Path, *, titles: li
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# -- training curves --------------------------------------------------------------------------------
+#: The panels of :func:`plot_curves`: title and the ``metrics.jsonl`` keys drawn in it (those present).
+CURVE_PANELS = (("loss", ("loss",)), ("prior loss (nats)", ("prior_loss",)),
+                ("drift matching", ("drift_matching", "encoder_matching")), ("learning rate", ("lr",)))
+#: Colours of the phases' roles (the network a phase fits) and of the keys of a run without phases.
+_ROLE_COLOURS = {"decoder": "C0", "encoder": "C1"}
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (a line cut by a kill, or not an object, is skipped).
+
+    Raises
+    ------
+    SbdiffError : the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise SbdiffError(f"cannot read {path}: {err.strerror or err}") from None
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _training_rows(rows: list[dict]) -> list[dict]:
+    """The rows of training log steps (a warning row of its own, which repeats ``prior_loss``, is not)."""
+    return [r for r in rows if "warning" not in r or "loss" in r]
+
+
+def phase_boundaries(rows: list[dict]) -> list[int]:
+    """Where a phased run's ``metrics.jsonl`` says the phase changed: the ``step`` of each row whose
+    ``phase_name`` differs from the next row's, i.e. the last step of every phase but the last (the
+    trainer writes a row there). Rows without a ``phase_name`` (a run without phases) give ``[]``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``metrics.jsonl`` rows in order (:func:`read_metrics`).
+
+    Returns
+    -------
+    list of int
+        Increasing steps; :func:`plot_curves` draws a vertical line at each.
+    """
+    named = [r for r in _training_rows(rows) if r.get("phase_name") is not None]
+    return [a["step"] for a, b in zip(named, named[1:]) if a["phase_name"] != b["phase_name"]]
+
+
+def _segments(rows: list[dict]) -> list[list[dict]]:
+    """Consecutive rows of one phase (one segment of all rows for a run without phases)."""
+    out: list[list[dict]] = []
+    for r in rows:
+        if out and out[-1][-1].get("phase_name") == r.get("phase_name"):
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
+
+
+def _value(row: dict, key: str) -> float:
+    v = row.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def plot_curves(run_dir: str | Path, path: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Draw a run's training curves from its ``metrics.jsonl``: loss, prior loss, drift matching
+    (``drift_matching`` and, where logged, ``encoder_matching``) and learning rate against step.
+
+    A phased run (the alternating presets: rows with ``phase_name``) is drawn phase by phase, the
+    decoder phases and the encoder phases in two colours, no line joining two phases, with a
+    vertical line at every step where ``metrics.jsonl`` says the phase changed
+    (:func:`phase_boundaries`). Works on a killed run as well (the rows so far); a file without rows
+    gives empty panels.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory (holding ``metrics.jsonl``).
+    path : str or Path, optional
+        The PNG to write; default ``run_dir/curves.png`` (:data:`CURVES_FILE`).
+    title : str, optional
+        Default: the run directory's name.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    SbdiffError : ``run_dir`` has no ``metrics.jsonl``, or a file cannot be read or written.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SbdiffError(f"{run_dir} has no metrics.jsonl: not a run directory, or a run killed before it began")
+    rows = _training_rows(read_metrics(metrics))
+    path = Path(path) if path is not None else run_dir / CURVES_FILE
+    panels = [(name, [k for k in keys if any(k in r for r in rows)]) for name, keys in CURVE_PANELS]
+    panels = [(name, keys) for name, keys in panels if keys] or [("loss", ["loss"])]
+    cols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.0 * nrows + 0.5), sharex=True, squeeze=False)
+    phased = any(r.get("phase_name") is not None for r in rows)
+    bounds = phase_boundaries(rows)
+    # ``lr`` is the rate of the next step: a phase's last row shows the next phase's first rate
+    after = [{**r, "phase_name": nxt.get("phase_name")} if r["step"] in bounds else r
+             for r, nxt in zip(rows, rows[1:] + rows[-1:])]
+    for ax, (name, keys) in zip(axes.flat, panels):
+        drawn = set()
+        for seg in _segments(after if keys == ["lr"] else rows):
+            steps = [r["step"] for r in seg]
+            role = str(seg[0].get("phase_name") or "").split(" ")[0]
+            for j, key in enumerate(keys):
+                values = [_value(r, key) for r in seg]
+                if all(math.isnan(v) for v in values):
+                    continue
+                if phased:
+                    colour = _ROLE_COLOURS.get(role, "C2")
+                    label = f"{role} phases" if role else "no phase"
+                    style = "-" if j == 0 else "--"
+                    if len(keys) > 1:
+                        label = f"{key}, {label}"
+                else:
+                    colour, label, style = f"C{j}", key, "-"
+                ax.plot(steps, values, style, color=colour, lw=1.0, marker=".", markersize=3,
+                        label=None if label in drawn else label)
+                drawn.add(label)
+        for b in bounds:
+            ax.axvline(b, color="0.6", lw=0.6, ls=":", zorder=0)
+        finite = np.array([v for r in rows for k in keys if not math.isnan(v := _value(r, k))])
+        if name != "learning rate" and len(finite) and finite.min() > 0 and finite.max() > 50 * finite.min():
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if len(drawn) > 1:
+            ax.legend(fontsize=7, loc="best")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    if not rows:
+        axes.flat[0].text(0.5, 0.5, "no log rows yet", ha="center", va="center", transform=axes.flat[0].transAxes)
+    note = f"; phase boundaries (dotted): {len(bounds)}" if phased else ""
+    fig.suptitle(f"{title or run_dir.name}: {len(rows)} log rows{note}", fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise SbdiffError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
+    return path

@@ -3,7 +3,8 @@
 A run directory holds ``config.toml`` (the resolved config), ``model.safetensors`` (``model.*``:
 the trained weights; ``ema.*``: their exponential moving average, used for sampling),
 ``metrics.jsonl`` (one JSON object per log step), ``checkpoint.safetensors`` (the full training
-state, :mod:`sbdiff.checkpoint`), ``resumes.jsonl`` (one line per resume) and plots.
+state, :mod:`sbdiff.checkpoint`), ``resumes.jsonl`` (one line per resume), plots and, with
+``log.tensorboard``, TensorBoard's ``events.out.tfevents.*`` files.
 
 Fault tolerance
 ---------------
@@ -14,13 +15,13 @@ Fault tolerance
   continues from the checkpoint. The result is bit-identical to an uninterrupted run on the same
   machine and thread count: model, EMA, optimiser, scheduler, the global RNG states (a step's own random
   numbers, batch order included, are seeded by its step number), method schedule state, log accumulators and elapsed time
-  are restored, and ``metrics.jsonl`` is cut back to the checkpoint's step. Both budgets,
-  ``train.steps`` and ``train.max_minutes``, count the whole run, not one session.
+  are restored, and ``metrics.jsonl`` (and TensorBoard's events) are cut back to the checkpoint's
+  step. Both budgets, ``train.steps`` and ``train.max_minutes``, count the whole run, not one session.
 * A resume refuses a config that differs from the run's saved ``config.toml`` (or data whose
   contents changed) unless ``allow_config_change``; :data:`FREE_KEYS` (budgets, checkpoint cadence,
-  the non-finite limit, sampling settings) never change the trained parameters and may change
-  freely. The resumed config is saved back to ``config.toml``; each resume is logged in
-  ``resumes.jsonl`` with the keys it changed.
+  the non-finite limit, sampling settings, TensorBoard logging) never change the trained parameters
+  and may change freely. The resumed config is saved back to ``config.toml``; each resume is logged
+  in ``resumes.jsonl`` with the keys it changed.
 * SIGINT / SIGTERM (main thread only): the current step finishes, a checkpoint is written, and
   :class:`TrainingInterrupted` says how to resume (a second signal stops at once).
 * A step whose loss or gradient norm is NaN/inf is skipped (no optimiser, scheduler or EMA
@@ -77,7 +78,18 @@ The loop
 loop-carried counters, which are also the checkpoint's metadata) on a resume, then repeats: stop
 check, :func:`_train_step` (the method's ``begin_step`` hook, the shards' losses and backward pass,
 the optimiser, scheduler and EMA update or a non-finite skip), a log row every ``train.log_every``
-steps (:func:`_log_row`) and a checkpoint when due (:func:`_save_checkpoint`).
+steps and after the last step of every phase of a preset with phases (:func:`_log_row`, which names
+the phase: no row averages two phases) and a checkpoint when due (:func:`_save_checkpoint`).
+
+Watching a run
+--------------
+The progress bar shows the last row's loss, the method's fields (the alternating presets' phase,
+``decoder 3/7``) and, under a time budget, the time left (:func:`_time_left`). With
+``log.tensorboard`` the writing rank also sends every ``metrics.jsonl`` row, and at each checkpoint
+a plot of the EMA model's samples, to TensorBoard events in the run directory
+(:mod:`sbdiff.monitoring`); neither touches what training computes. The training curves
+(``curves.png``) are drawn by the command line after training (:func:`sbdiff.plots.plot_curves`),
+never by :func:`fit`.
 """
 
 from __future__ import annotations
@@ -146,9 +158,10 @@ PROBE_MAX_SHARE = 0.3
 PLAN_MARGIN = 0.85
 
 #: Config keys a resume may change without ``allow_config_change``: they set when training stops,
-#: when checkpoints are written and how samples are drawn, never what a step computes.
+#: when checkpoints are written, how samples are drawn and what is shown while training (``log.*``:
+#: TensorBoard events), never what a step computes.
 FREE_KEYS = ("train.steps", "train.max_minutes", "train.checkpoint_every", "train.checkpoint_minutes",
-             "train.max_nonfinite", "train.world_size", "train.compile", "sample.*")
+             "train.max_nonfinite", "train.world_size", "train.compile", "sample.*", "log.tensorboard")
 
 
 @dataclass
@@ -476,6 +489,7 @@ class _Session:
     metrics_fh: object = None
     last_row_at: int | None = None  # offset of the last row in metrics.jsonl (this session's)
     bar: object = None
+    tb: object = None  # the TensorBoard events (sbdiff.monitoring.TensorBoardLog; log.tensorboard, writing rank)
     untrained: list = field(default_factory=list)  # (EMA, live) parameter pairs the optimiser does not update
     frozen: tuple | None = None  # the prefixes method.frozen gave for the last step
     frozen_model: PathVAE | None = None  # the averaged copy handed to method.set_frozen
@@ -549,9 +563,23 @@ def _build(config: Config, env: distributed.DistEnv, device: torch.device, metho
                     run_dir=run_dir, writer=writer, fingerprint=fingerprint, untrained=untrained)
 
 
-def _open_outputs(s: _Session, state: LoopState, max_steps: int | None, progress: bool) -> None:
-    """Open ``metrics.jsonl`` (writing rank) and the progress bar, and start the clocks: the
-    session's training time and the checkpoint interval count from now."""
+def _open_outputs(s: _Session, state: LoopState, max_steps: int | None, progress: bool,
+                  resumed: bool = False) -> None:
+    """Open ``metrics.jsonl`` (writing rank), the TensorBoard events (writing rank, ``log.tensorboard``:
+    :class:`sbdiff.monitoring.TensorBoardLog`; a resume cuts the events of earlier sessions back to its
+    step, with TensorBoard on or off) and the progress bar, and start the clocks: the session's
+    training time and the checkpoint interval count from now."""
+    if s.writer and s.config.log.tensorboard:
+        from .monitoring import TensorBoardLog
+
+        s.tb = TensorBoardLog(s.run_dir, state.step if resumed else None)
+    elif s.writer and resumed:  # events of an earlier session with TensorBoard: cut back all the same
+        from .monitoring import trim_events
+
+        try:
+            trim_events(s.run_dir, state.step)
+        except SbdiffError as err:
+            print(f"sbdiff: warning: TensorBoard events past step {state.step} kept: {err}", file=sys.stderr)
     s.metrics_fh = open(s.run_dir / METRICS_FILE, "a") if s.writer else None
     s.bar = tqdm(total=max_steps, initial=state.step, desc=f"train {s.config.method}",
                  disable=None if progress else True, dynamic_ncols=True)
@@ -684,6 +712,10 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     prior = load_prior(config, data.shape[1])
     fingerprint = _data_fingerprint(data if prior is None else np.concatenate([data, prior]),
                                     *(() if context is None else (context,)))
+    if config.log.tensorboard and run_dir is not None:  # before the run directory is made
+        from .monitoring import require_tensorboard
+
+        _on_writer(env, writer, require_tensorboard)
     ckpt, changes = _open_run(config, run_dir, env, writer, fingerprint, resume, allow_config_change)
     s = _build(config, env, device, method, data, prior, run_dir, writer, fingerprint, context)
 
@@ -698,7 +730,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
     tc = config.train
     budget = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
     max_steps = _max_steps(config, method)
-    _open_outputs(s, state, max_steps, progress)
+    _open_outputs(s, state, max_steps, progress, resumed=resume and writer)
     probe = _BudgetProbe(s, state, budget, progress)
     stopped_by = "steps"
     try:
@@ -716,6 +748,9 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
                     max_steps = s.bar.total = _max_steps(config, method)
                 if state.step % tc.log_every == 0 or state.step == max_steps:
                     _log_row(s, state, idx)
+                elif _phase_ends(s, state.step):  # a row of its own: the global random state is kept
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        _log_row(s, state, idx)
                 if (planned and s.writer) or _checkpoint_due(s, state):  # the plan is on disk at once
                     _save_checkpoint(s, state)
             if stopped_by != "signal" and state.step > 0:
@@ -725,6 +760,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, data: np.ndarray |
         s.bar.close()
         if s.metrics_fh is not None:
             s.metrics_fh.close()
+        if s.tb is not None:
+            s.tb.close()
     seconds = state.elapsed()
     ema_model = s.ema.module.eval()
     if writer:
@@ -873,11 +910,15 @@ def _dropped(s: _Session, c: torch.Tensor, step: int, shard: int) -> torch.Tenso
 def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
     """Write the log row after step ``state.step`` and start new log sums.
 
-    The row holds the means of the losses since the last row, the method's ``prior_loss`` monitor
-    on the step's batch ``s.x[idx]`` when the losses do not carry it (writing rank only; stream
-    :data:`PRIOR_LOSS_STREAM` of the step), the learning rate, the elapsed seconds, the count of
-    skipped steps (if any) and, in the first row after it, the time budget's plan (``budget_plan``).
-    It becomes ``state.last``; the progress bar shows its loss.
+    The row holds the name of the step's phase (``phase_name``,
+    :meth:`~sbdiff.methods.Method.phase_name`; presets with phases only), the means of the losses
+    since the last row, the method's ``prior_loss`` monitor on the step's batch ``s.x[idx]`` when the
+    losses do not carry it (writing rank only; stream :data:`PRIOR_LOSS_STREAM` of the step), the
+    learning rate, the elapsed seconds, the count of skipped steps (if any) and, in the first row
+    after it, the time budget's plan (``budget_plan``).
+    It becomes ``state.last`` and goes to TensorBoard too (``log.tensorboard``); the progress bar
+    shows its loss, the method's fields (the phase) and, under a time budget, the time left
+    (:func:`_time_left`).
 
     Parameters
     ----------
@@ -890,7 +931,11 @@ def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
     SbdiffError : ``metrics.jsonl`` cannot be written.
     """
     step = state.step
-    last = {"step": step, **{k: total / n for k, (total, n) in state.log_sums.items()}}
+    last = {"step": step}
+    phase = s.method.phase_name(step - 1)
+    if phase is not None:
+        last["phase_name"] = phase
+    last.update({k: total / n for k, (total, n) in state.log_sums.items()})
     if "prior_loss" not in last and s.writer:
         gen = distributed.step_generator(s.config.seed, step - 1, PRIOR_LOSS_STREAM, s.device)
         last["prior_loss"] = float(s.method.prior_loss(s.model, s.x[idx], gen))
@@ -908,9 +953,44 @@ def _log_row(s: _Session, state: LoopState, idx: torch.Tensor) -> None:
         except OSError as err:
             raise SbdiffError(f"cannot write {s.run_dir / METRICS_FILE}: {err.strerror or err}; "
                               f"continue with: sbdiff train --resume {s.run_dir}") from None
+    if s.tb is not None:
+        s.tb.add_row(last)
     if "loss" in last:
-        s.bar.set_postfix(loss=f"{last['loss']:.4f}", **s.method.progress_info(step - 1))
+        left = _time_left(s, state)
+        s.bar.set_postfix({"loss": f"{last['loss']:.4f}", **s.method.progress_info(step - 1),
+                           **({} if left is None else {"left": _format_seconds(left)})})  # in this order
     state.last, state.log_sums, state.log_count = last, {}, 0
+
+
+def _phase_ends(s: _Session, step: int) -> bool:
+    """Whether step ``step - 1`` (the last one taken) is the last of its phase: the method names a
+    phase for it (:meth:`~sbdiff.methods.Method.phase_name`) and the next step's differs. The trainer
+    then writes a log row, so that no row averages two phases."""
+    name = s.method.phase_name(step - 1) if step > 0 else None
+    return name is not None and s.method.phase_name(step) != name
+
+
+def _time_left(s: _Session, state: LoopState) -> float | None:
+    """Seconds of training left by the time budget (``train.max_minutes``; ``None`` without one): the
+    budget less the run's elapsed time and, once the schedule is planned, no more than the plan's
+    seconds per step times the steps left to the schedule's end. Shown by the progress bar only."""
+    if not s.config.train.max_minutes > 0:
+        return None
+    left = max(60.0 * s.config.train.max_minutes - state.elapsed(), 0.0)
+    total = s.bar.total if s.bar is not None else None
+    if state.plan is not None and total:
+        left = min(left, state.plan["seconds_per_step"] * max(total - state.step, 0))
+    return left
+
+
+def _format_seconds(seconds: float) -> str:
+    """``2m31s``, ``45s``, ``1h02m``: a duration for the progress bar."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def _checkpoint_due(s: _Session, state: LoopState) -> bool:
@@ -927,7 +1007,9 @@ def _save_checkpoint(s: _Session, state: LoopState) -> None:
 
     The log up to this step is flushed to disk first. The metadata is :meth:`LoopState.to_meta`
     and the run's identity (method, data fingerprint, config, torch version); the state holds the
-    optimiser, scheduler, method schedule and the global RNG states.
+    optimiser, scheduler, method schedule and the global RNG states. With ``log.tensorboard`` a plot of
+    the EMA model's samples follows (:func:`sbdiff.monitoring.checkpoint_samples`: no effect on
+    training) and the events are flushed.
 
     Raises
     ------
@@ -948,6 +1030,9 @@ def _save_checkpoint(s: _Session, state: LoopState) -> None:
         raise CheckpointWriteError(f"training stopped at step {state.step}: {err}; {kept}. Free space or fix the "
                                    f"directory, then continue with: sbdiff train --resume {s.run_dir}") from None
     s.saved_step, s.saved_at = state.step, time.monotonic()
+    if s.tb is not None:  # the EMA model's samples (never touching training), then the events on disk
+        s.tb.add_samples(s.ema.module, s.config, s.x, state.step)
+        s.tb.flush()
 
 
 def _nonfinite_error(s: _Session, state: LoopState, what: str) -> SbdiffError:
@@ -1106,20 +1191,42 @@ def resume_run(run_dir: str | Path, *, steps: int | None = None, max_minutes: fl
     return fit(config, run_dir, data=data, progress=progress, resume=True, allow_config_change=allow_config_change)
 
 
-def load_run(run_dir: str | Path, *, ema: bool = True, device: str = "cpu") -> tuple[Config, PathVAE]:
-    """Rebuild a trained model from a run directory; ``ema`` picks the averaged weights."""
+def load_run(run_dir: str | Path, *, ema: bool = True, device: str = "cpu",
+             checkpoint: bool = False) -> tuple[Config, PathVAE]:
+    """Rebuild a trained model from a run directory.
+
+    Parameters
+    ----------
+    run_dir : the run directory.
+    ema : the averaged weights (else the trained ones).
+    device : where the model goes.
+    checkpoint : take the weights of ``checkpoint.safetensors`` (the training state of a run killed
+        or still training) instead of ``model.safetensors`` (written at the end of training).
+
+    Raises
+    ------
+    SbdiffError : not a run directory, or the weights file is missing or does not hold a sbdiff model.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise SbdiffError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise SbdiffError(f"{run_dir} has no {WEIGHTS_FILE}: the run did not finish saving")
+    source = run_dir / (CHECKPOINT_FILE if checkpoint else WEIGHTS_FILE)
+    if not source.is_file():
+        raise SbdiffError(f"{run_dir} has no {CHECKPOINT_FILE}: no checkpoint was written" if checkpoint else
+                          f"{run_dir} has no {WEIGHTS_FILE}: the run did not finish saving")
     config, _ = load_config(run_dir / CONFIG_FILE)
     config.validate()
-    tensors = load_file(str(run_dir / WEIGHTS_FILE))
-    prefix = "ema." if ema else "model."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if checkpoint:
+        model_state, ema_state, _, _ = read_checkpoint(source)
+        # the EMA's state is the AveragedModel's: the model's under "module." (and its update count)
+        state = model_state if not ema else {k[len("module."):]: v for k, v in ema_state.items()
+                                             if k.startswith("module.")}
+    else:
+        tensors = load_file(str(source))
+        prefix = "ema." if ema else "model."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if "data_mean" not in state:
-        raise SbdiffError(f"{run_dir / WEIGHTS_FILE} does not hold a sbdiff model")
+        raise SbdiffError(f"{source} does not hold a sbdiff model")
     dim = state["data_mean"].shape[0]
     prior = load_prior(config, dim, required=False)
     model = make_method(config).build(np.zeros((2, dim)), prior)

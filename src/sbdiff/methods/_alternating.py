@@ -6,9 +6,9 @@ SB-FBSDE; DESIGN §2).
 ``half_steps``, ``first_steps`` and, where the section has them, ``encoder_steps`` and
 ``freeze_encoder``), the per-phase cosine decay of the learning rate to ``lr_final``, a checkpoint at
 the end of every phase, the trajectory cache's lifecycle (``cache_refresh``), the freeze policy, the
-progress-bar field and the Gaussian fit of a prior data set. A subclass keeps only what differs: how
-the frozen side's paths are simulated (:meth:`Alternating.simulate`) and the loss of a phase
-(``losses``).
+phase's name (:meth:`Alternating.phase_name`: logged in ``metrics.jsonl``, shown by the progress
+bar) and the Gaussian fit of a prior data set. A subclass keeps only what differs: how the frozen side's paths
+are simulated (:meth:`Alternating.simulate`) and the loss of a phase (``losses``).
 
 The freeze policy (one for every preset, carried out by the trainer, :mod:`sbdiff.train`): in a
 decoder phase the encoder is frozen and vice versa (:meth:`Alternating.frozen`). The frozen network
@@ -190,11 +190,21 @@ class Alternating(Method):
         return ("encoder.",) if self.schedule.phase(step).role == "decoder" else ("decoder.",)
 
     def progress_info(self, step: int) -> dict[str, str]:
+        """The phase of ``step`` and the last iteration of a finite schedule: ``{"phase": "decoder 3/7"}``."""
         if self.schedule is None:
             return {}
         phase = self.schedule.phase(step)
         total = f"/{self.schedule.iterations - 1}" if self.schedule.iterations else ""
-        return {"ipf": f"{phase.iteration}{total} {phase.role}"}
+        return {"phase": f"{phase.role} {phase.iteration}{total}"}
+
+    def phase_name(self, step: int) -> str | None:
+        """``"decoder n"`` or ``"encoder n"``: the role and iteration of the schedule's phase of ``step``
+        (decoder 0, encoder 0, decoder 1, …); ``None`` without a schedule (a preset's mode without
+        phases: dsbm's ``coupled``, sbfbsde's ``joint``)."""
+        if self.schedule is None:
+            return None
+        phase = self.schedule.phase(step)
+        return f"{phase.role} {phase.iteration}"
 
     def run_warning(self, model: PathVAE, last: dict, step: int) -> str | None:
         """The stuck-prior-loss line (module docstring): ``prior_loss`` of ``last`` above

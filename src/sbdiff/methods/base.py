@@ -34,8 +34,8 @@ def network_kind(config: Config) -> str:
     """The network ``model.net`` names, ``auto`` resolved: ``unet`` for images, ``mlp`` for vectors and
     series windows alike. The window network (``window``, :class:`~sbdiff.nets.WindowNet`) is chosen by
     name: on ``exchange_rate_nips`` (a 30-day history of 8 series, 240 numbers) and on ``macrodata``
-    the flat MLP forecasts better within a CPU budget of minutes (benchmarks/README.md, "Forecasting at
-    the field's scale")."""
+    the flat MLP forecasts better within a CPU budget of minutes (docs/conditioning.md, "Networks";
+    docs/results.md#forecasting)."""
     if config.model.net != "auto":
         return config.model.net
     return "unet" if config.data.shape() is not None else "mlp"
@@ -259,8 +259,19 @@ class Method:
         train it). The default ignores it."""
 
     def progress_info(self, step: int) -> dict[str, str]:
-        """Extra fields of the progress bar at step ``step`` (e.g. the IPF iteration)."""
+        """Extra fields of the progress bar at step ``step`` (e.g. the IPF phase)."""
         return {}
+
+    def phase_name(self, step: int) -> str | None:
+        """The name of the phase step ``step`` (0-based) belongs to, e.g. ``"decoder 3"`` (the network
+        fitted and the iteration), or ``None`` (the default) for a method without phases.
+
+        The trainer logs it in every ``metrics.jsonl`` row (``phase_name``) and writes a row after the
+        last step of every phase (where the name of step ``k + 1`` differs from step ``k``'s), so that
+        no row averages two phases; :func:`sbdiff.plots.plot_curves` draws each phase apart. Two
+        phases in a row must have different names. Read-only: it must not change the method's state.
+        """
+        return None
 
     def run_warning(self, model: PathVAE, last: dict, step: int) -> str | None:
         """One line to show when training ends (``last``: the run's last ``metrics.jsonl`` row,
