@@ -388,7 +388,8 @@ def cost_body() -> list[str]:
     out = [f"Every preset on the same network ({d['args']['hidden']} × {d['args']['blocks']} `TimeMLP`s), data "
            f"(EOT pair D = {d['args']['dim']}, eps = 1: bridges from the source, sgm and vsdm from N(0, I)), batch "
            f"{d['rows'][0]['batch_size']} and {d['args']['seconds']:g} s of training each, one after another in fresh "
-           f"processes (torch {d['torch']}, {d['threads']} threads).", ""]
+           f"processes (torch {d['torch']}, {d['threads']} threads). The machine's speed varies from day to day (its "
+           "absolute times with it): compare the ratios, measured side by side in one run.", ""]
     rows = [[r["method"], f"{r['params']:,}", r["steps"], r["phases"], f"{1e3 * r['s_per_step']:.1f}",
              f"{r['s_per_step'] / base:.2f}", f"{r['peak_mib']:.0f}"] for r in d["rows"]]
     out += table(["method", "parameters", f"steps in {d['args']['seconds']:g} s", "phases", "ms / step", "× sgm",
@@ -488,7 +489,7 @@ SECTIONS = [
                       ("macrodata, vsdm", "conditional_forecast_issue37_fans_vsdm.png")]),
     Section("cost", "What does a preset cost per step and in memory?",
             "Beside SGM on the same network, how much more does each Schrödinger-bridge preset cost?",
-            ["python benchmarks/cost.py presets --seconds 60 --json",
+            ["python benchmarks/cost.py presets --methods sgm,dsb,vsdm,sbfbsde,dsbm,lightsb --seconds 60 --json",
              "python benchmarks/cost.py checkpoint --steps 400 --rounds 3 --json benchmarks/results/checkpoint_overhead.json"],
             "60 s of training a preset", [COST_FILE] + ([CHECKPOINT_FILE] if (RESULTS / CHECKPOINT_FILE).exists() else []),
             cost_body),
@@ -497,8 +498,8 @@ if (RESULTS / SCALE_FILE).exists():
     SECTIONS.append(Section(
         "scale", "Does training scale (DDP, torch.compile, bf16)?",
         "What do two DDP ranks, compilation and bf16 autocast buy on this machine?",
-        ["python benchmarks/scale.py --data checkerboard --steps 400 --json benchmarks/results/scale.json"],
-        "400 training steps a row", [SCALE_FILE], scale_body))
+        ["python benchmarks/scale.py --data checkerboard --steps 300 --json benchmarks/results/scale.json"],
+        "300 training steps a row", [SCALE_FILE], scale_body))
 
 
 def render() -> str:
