@@ -20,7 +20,7 @@ demo-full: $(STAMP)
 	$(BIN)/sbdiff demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 acceptance: $(STAMP)
 	$(BIN)/python benchmarks/likelihoods.py sgm
