@@ -36,7 +36,7 @@ def test_conditional_sgm_log_prob_matches_the_closed_form_conditional_density():
     rng = np.random.default_rng(0)
     x, c, _ = _gaussian_pairs(10_000, rng)
     cfg = Config(method="sgm", seed=0)
-    cfg.train.steps = 1200  # -0.006 / -0.010 nats on two seeds; without c the gap is > 0.5 (below)
+    cfg.train.steps = 600  # -0.020 / -0.023 / -0.013 nats on seeds 0, 1, 2; without c the gap is > 0.5 (below)
     cfg.train.batch_size = 256
     cfg.train.ema_decay = 0.98
     cfg.model.hidden = 64
@@ -45,7 +45,8 @@ def test_conditional_sgm_log_prob_matches_the_closed_form_conditional_density():
     model = fit(cfg, None, data=x, context=c, progress=False).model
     assert cfg.cond.kind == "vector" and cfg.cond.size == 1
     xt, ct, true = _gaussian_pairs(400, np.random.default_rng(1))
-    lp = model.log_prob(torch.tensor(xt, dtype=torch.float32), cond=ct).double().numpy()
+    # the ODE at rtol = atol = 1e-4: the mean within 5e-4 nats of 1e-5's, at a fifth of the cost
+    lp = model.log_prob(torch.tensor(xt, dtype=torch.float32), cond=ct, rtol=1e-4, atol=1e-4).double().numpy()
     assert abs(lp.mean() - true.mean()) < 0.1, (lp.mean(), true.mean())
     marginal = np.cov(np.concatenate([x, xt]).T)  # the unconditional Gaussian fit, for scale
     r = xt - x.mean(0)

@@ -15,7 +15,9 @@ def trained():
     data = GaussianData([1.0, -2.0], [[2.0, 1.2], [1.2, 1.0]], VP())
     cfg = Config()
     cfg.model.hidden, cfg.model.blocks = 64, 2
-    cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 1500, 512, 2e-3
+    # 1000 steps (seeds 0, 1, 2): score error 0.003, NLL gap +0.003, sample mean/cov off by 0.035/0.052 at
+    # most, against 0.005, +0.0025, 0.040/0.029 after 1500 (the bounds: 0.02, 0.05, 0.1/0.15)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 1000, 512, 2e-3
     cfg.train.ema_decay = 0.995
     x = data.sample(20000, seed=0).numpy()
     result = fit(cfg, data=x, progress=False)
@@ -43,7 +45,7 @@ def test_decoder_recovers_the_exact_score(trained):
 def test_nll_matches_exact_cross_entropy_and_nelbo_bounds_it(trained):
     data, model = trained
     x = data.sample(500, seed=2).float()
-    nll = -model.log_prob(x).double()
+    nll = -model.log_prob(x, rtol=1e-4, atol=1e-4).double()  # the mean within 3e-4 nats of 1e-5's
     exact = -data.log_prob(x)
     gap = (nll - exact).mean().item()
     nelbo = -model.elbo(x, n_time=64, generator=torch.Generator().manual_seed(0)).double()

@@ -455,11 +455,32 @@ def update_ema(ema: AveragedModel, module: nn.Module, frozen: tuple[str, ...] = 
     if not frozen:
         ema.update_parameters(module)
         return
-    state = ema.module.state_dict()
-    kept = {k: v.clone() for k, v in state.items() if k.startswith(frozen)}
-    ema.update_parameters(module)
-    for k, v in kept.items():
-        state[k].copy_(v)
+    if ema.multi_avg_fn is None:  # not make_ema's average: update all, then restore the frozen entries
+        state = ema.module.state_dict()
+        kept = {k: v.clone() for k, v in state.items() if k.startswith(frozen)}
+        ema.update_parameters(module)
+        for k, v in kept.items():
+            state[k].copy_(v)
+        return
+    # AveragedModel.update_parameters on the entries outside ``frozen`` only (the same arithmetic on
+    # each tensor: a copy at the first update, then the EMA's multi-tensor lerp per device and dtype),
+    # instead of updating all and restoring the frozen ones: ~2× faster a step on small networks
+    keys = getattr(ema, "_state_keys", None)  # the state-dict names, fixed with the module
+    if keys is None:
+        keys = ema._state_keys = frozenset(ema.module.state_dict())
+    groups: dict = {}
+    for (name, q), (_, p) in zip(_averaged(ema.module), _averaged(module)):
+        if not (name in keys and name.startswith(frozen)):
+            qs, ps = groups.setdefault((q.device, q.dtype), ([], []))
+            qs.append(q.detach())
+            ps.append(p.detach().to(q.device))
+    for (device, _), (qs, ps) in groups.items():
+        if ema.n_averaged == 0:
+            for q, p in zip(qs, ps):
+                q.copy_(p)
+        else:
+            ema.multi_avg_fn(qs, ps, ema.n_averaged.to(device))
+    ema.n_averaged += 1
 
 
 def _averaged(module: nn.Module):
