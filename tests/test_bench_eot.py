@@ -72,10 +72,12 @@ def test_drift_is_eps_times_the_gradient_of_the_log_potential(family):
 @pytest.mark.parametrize("family, dim, eps", [("rotated", 2, 1.0), ("rotated", 2, 0.1), ("rotated", 8, 1.0),
                                                ("draft-recipe", 2, 0.1), ("draft-recipe", 8, 1.0)])
 def test_exact_drift_simulated_reproduces_the_plan(family, dim, eps):
-    """Euler–Maruyama of dX = v*(X, t) dt + √eps dW from fixed x0 ends at π*(·|x0)."""
+    """Euler–Maruyama of dX = v*(X, t) dt + √eps dW from fixed x0 ends at π*(·|x0). 200 steps: their
+    bias against 800 steps on the same Brownian paths is at most 0.0006 sd in the means and 0.01 sd² in
+    the covariances over these cases, a thirtieth and a fifteenth of the allowances below."""
     pair = make_pair(dim, eps, seed=0, family=family)
     x0 = pair.sample_source(3, seed=5)
-    n, steps = 4000, 400
+    n, steps = 4000, 200
     rng = np.random.default_rng(6)
     x = np.repeat(x0, n, 0)
     dt = 1.0 / steps

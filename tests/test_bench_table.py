@@ -164,7 +164,9 @@ def test_script_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 def test_peer_sampler_with_the_exact_drift_reproduces_the_plan():
     """SF2MSampler integrates dX = [v + s] dt + σ dW: with v the closed-form SB drift of a Gaussian
-    bridge and s = 0 it must reproduce the exact plan (cBW2-UVP near the floor), with v shifted not."""
+    bridge and s = 0 it must reproduce the exact plan (cBW2-UVP near the floor), with v shifted not.
+    100 steps (measured: 0.25 against a floor of 0.28, shifted 14.4; 0.27 and 14.5 with 200 steps,
+    0.26 and 14.8 with 50: the discretisation error is below the estimate's noise)."""
     pair = random_gaussian_bridge(2, 1.0, seed=0)
 
     def net(fn):
@@ -173,8 +175,8 @@ def test_peer_sampler_with_the_exact_drift_reproduces_the_plan():
     zero = net(lambda x, t: 0.0 * x)
     sizes = dict(n_test=40, n_samples=400, n_marginal=4000)
     floor = plan_metrics(pair, pair.sample_conditional, **sizes)["cbw2_uvp"]
-    good = plan_metrics(pair, peers.SF2MSampler(net(pair.drift), zero, 1.0, nfe=200), **sizes)["cbw2_uvp"]
-    bad = plan_metrics(pair, peers.SF2MSampler(net(lambda x, t: pair.drift(x, t) + 0.5), zero, 1.0, nfe=200),
+    good = plan_metrics(pair, peers.SF2MSampler(net(pair.drift), zero, 1.0, nfe=100), **sizes)["cbw2_uvp"]
+    bad = plan_metrics(pair, peers.SF2MSampler(net(lambda x, t: pair.drift(x, t) + 0.5), zero, 1.0, nfe=100),
                        **sizes)["cbw2_uvp"]
     assert good < 2 * floor + 0.5 and bad > 5 * good
 
