@@ -33,9 +33,9 @@ def check_flat(data: np.ndarray) -> int:
 def network_kind(config: Config) -> str:
     """The network ``model.net`` names, ``auto`` resolved: ``unet`` for images, ``mlp`` for vectors and
     series windows alike. The window network (``window``, :class:`~sbdiff.nets.WindowNet`) is chosen by
-    name: on ``exchange_rate_nips`` (a 30-day history of 8 series, 240 numbers) and on ``macrodata``
-    the flat MLP forecasts better within a CPU budget of minutes (docs/conditioning.md, "Networks";
-    docs/results.md#forecasting)."""
+    name: on ``exchange_rate_nips`` (a 30-day history of 8 series, 240 numbers) the flat MLP forecast
+    better within 4 CPU-minutes (docs/conditioning.md, "Networks"; docs/results.md#forecasting); on
+    ``macrodata`` the two were not compared."""
     if config.model.net != "auto":
         return config.model.net
     return "unet" if config.data.shape() is not None else "mlp"
