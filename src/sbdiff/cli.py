@@ -21,6 +21,7 @@ from . import __version__
 from ._utils import SbdiffError
 from .config import Config, config_from_dict, load_config
 from .data import load_data, on_checkerboard
+from .monitoring import image_range
 from .registry import method_names
 
 EXIT_USAGE = 2
@@ -149,13 +150,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_range(model) -> tuple[float, float]:
-    """Data-unit range ``[0, top]`` that model coordinates ``[−1, 1]`` map to (image runs)."""
-    from .monitoring import image_range
-
-    return image_range(model)
-
-
 def _plot_curves(run_dir: Path, *, strict: bool = False) -> Path | None:
     """``run_dir/curves.png`` from its ``metrics.jsonl`` (:func:`sbdiff.plots.plot_curves`). After
     training (``strict`` false) a failure is one warning line, never the command's end."""
@@ -180,7 +174,7 @@ def _finish_image_run(result, cfg: Config, *, progress: bool, n_grid: int = 100)
     gen = torch.Generator(device=model.data_mean.device).manual_seed(cfg.seed + 1)
     data = load_data(cfg.data.data, n_grid, cfg.seed + 1)[:n_grid]
     samples = model.sample(n_grid, nfe=cfg.sample.nfe, generator=gen, progress=progress).cpu()
-    lo, hi = _image_range(model)
+    lo, hi = image_range(model)
     save_image_grid(model.as_images(samples).numpy(), result.run_dir / "samples.png", vmin=lo, vmax=hi,
                     data=model.as_images(torch.as_tensor(data)).numpy(),
                     title=f"{cfg.method} on {cfg.data.data}: data | samples ({cfg.sample.nfe} SDE steps)")
@@ -205,7 +199,7 @@ def _finish_conditional_run(result, cfg: Config, *, progress: bool) -> None:
         x = model.sample(k * per, cond=np.repeat(np.arange(k), per), nfe=cfg.sample.nfe, generator=gen,
                          progress=progress).cpu().numpy()
         if model.image_shape is not None:
-            lo, hi = _image_range(model)
+            lo, hi = image_range(model)
             plot_class_grid(x.reshape(k, per, *model.image_shape[1:]), result.run_dir / "samples.png", vmin=lo,
                             vmax=hi, title=f"{cfg.method}, class-conditional samples (rows: classes)")
         else:
@@ -301,7 +295,7 @@ def _transport(args: argparse.Namespace, direction: str) -> int:
     if getattr(args, "png", None):
         from .plots import save_image_grid
 
-        lo, hi = _image_range(model)
+        lo, hi = image_range(model)
         save_image_grid(end.reshape(len(end), *model.image_shape), args.png, vmin=lo, vmax=hi)
     part = model.decoder if direction == "decode" else model.encoder
     exact = model.plan_sampler(part, args.ode, args.sde, bool(args.trajectory)) is not None
@@ -493,14 +487,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     ``trajectories.png`` for an unconditional run) from the EMA weights of ``model.safetensors`` or,
     when that is missing or older, ``checkpoint.safetensors``."""
     from .checkpoint import CHECKPOINT_FILE
-    from .train import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_run
+    from .train import CONFIG_FILE, WEIGHTS_FILE, load_run
 
     run = Path(args.run)
     if not run.is_dir():
         raise SbdiffError(f"{run} is not a directory")
-    if not (run / METRICS_FILE).is_file():
-        raise SbdiffError(f"{run} has no {METRICS_FILE}: not a run directory, or a run killed before it began")
-    written = [_plot_curves(run, strict=True).name]
+    written = [_plot_curves(run, strict=True).name]  # no metrics.jsonl: one line (plot_curves)
     weights, ckpt = run / WEIGHTS_FILE, run / CHECKPOINT_FILE
     if args.curves_only:
         pass
